@@ -1,0 +1,18 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test
+
+$(STAMP): pyproject.toml scripts/install.sh
+	sh scripts/install.sh $(VENV) dev
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/luigi --module workflows TrainSCAN --dataset demo --local-scheduler
+
+test: install
+	$(BIN)/python -m pytest

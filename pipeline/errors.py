@@ -1,0 +1,15 @@
+"""One error type for bad input, so every reader reports the same way: file, place, problem."""
+from __future__ import annotations
+
+from os import PathLike
+
+
+class InputError(ValueError):
+    """A file the pipeline reads is malformed; the message names the file, where, and what."""
+
+    def __init__(self, path: str | PathLike[str], problem: str, *, location: str | None = None) -> None:
+        self.path = str(path)
+        self.problem = problem
+        self.location = location
+        where = self.path if location is None else f"{self.path} ({location})"
+        super().__init__(f"{where}: {problem}")

@@ -1,0 +1,11 @@
+#!/usr/bin/env sh
+# One install step for the README, CI and the Docker images: a virtual environment
+# at $1 (default .venv) holding the project and its pinned dependencies.
+set -eu
+venv="${1:-.venv}"
+extras="${2:-dev}"
+python="${PYTHON:-python3.11}"
+command -v "$python" >/dev/null 2>&1 || python=python3
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+"$venv/bin/python" -m pip install --quiet -e ".[$extras]"
