@@ -1,0 +1,81 @@
+"""SCAN settings, defined once: the Luigi tasks and the CLI build these dataclasses.
+
+Defaults are the reference implementation's (kuanghuei/SCAN train.py); per-dataset paper
+settings live in PAPER_PRESETS.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CROSS_ATTN = ("t2i", "i2t")
+AGG_FUNCS = ("Mean", "LogSumExp", "Max", "Sum")
+RAW_FEATURE_NORMS = ("clipped_l2norm", "l2norm", "softmax", "clipped", "no_norm", "l1norm", "clipped_l1norm")
+IMAGE_ENCODERS = ("basic", "weight_norm")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and attention options of one SCAN model."""
+
+    img_dim: int = field(default=2048, metadata={"help": "Dimension of the region features."})
+    word_dim: int = field(default=300, metadata={"help": "Dimension of the word embeddings."})
+    embed_size: int = field(default=1024, metadata={"help": "Dimension of the joint embedding space."})
+    num_layers: int = field(default=1, metadata={"help": "Number of GRU layers."})
+    bi_gru: bool = field(default=True, metadata={"help": "Bidirectional GRU, the two directions averaged."})
+    no_imgnorm: bool = field(default=False, metadata={"help": "Do not L2-normalise region embeddings."})
+    no_txtnorm: bool = field(default=False, metadata={"help": "Do not L2-normalise word embeddings."})
+    precomp_enc_type: str = field(default="basic", metadata={"help": "Image encoder: basic | weight_norm."})
+    cross_attn: str = field(default="t2i", metadata={"help": "Attention direction: t2i | i2t."})
+    agg_func: str = field(default="Mean", metadata={"help": "Aggregation: Mean | LogSumExp | Max | Sum."})
+    lambda_softmax: float = field(default=9.0, metadata={"help": "Inverse temperature of the attention softmax (lambda_1)."})
+    lambda_lse: float = field(default=6.0, metadata={"help": "LogSumExp aggregation temperature (lambda_2)."})
+    raw_feature_norm: str = field(default="clipped_l2norm", metadata={"help": "Normalisation of the raw attention: " + " | ".join(RAW_FEATURE_NORMS) + "."})
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("cross_attn", CROSS_ATTN), ("agg_func", AGG_FUNCS),
+                              ("raw_feature_norm", RAW_FEATURE_NORMS), ("precomp_enc_type", IMAGE_ENCODERS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (reference defaults; the paper's per-dataset ones are in PAPER_PRESETS)."""
+
+    margin: float = field(default=0.2, metadata={"help": "Triplet loss margin."})
+    max_violation: bool = field(default=True, metadata={"help": "Hardest negatives (the paper's setting) instead of the sum over negatives."})
+    warmup_epochs: int = field(default=0, metadata={"help": "Epochs that use the sum over negatives before switching to hardest negatives."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Adam learning rate."})
+    lr_update: int = field(default=15, metadata={"help": "Multiply the learning rate by 0.1 after this many epochs."})
+    num_epochs: int = field(default=30, metadata={"help": "Number of training epochs."})
+    batch_size: int = field(default=128, metadata={"help": "Training batch size (global, split across processes)."})
+    grad_clip: float = field(default=2.0, metadata={"help": "Gradient norm clipping; <= 0 disables."})
+    seed: int = field(default=0, metadata={"help": "Random seed (model init, shuffling)."})
+    workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
+    log_step: int = field(default=10, metadata={"help": "Log training scalars every this many steps."})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (GPU only)."})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N."})
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a model is evaluated."""
+
+    split: str = field(default="test", metadata={"help": "Split to evaluate: dev | test (COCO: testall for the 5K images)."})
+    fold5: bool = field(default=False, metadata={"help": "COCO: average over five 1K folds instead of the full 5K."})
+    score_memory_mb: int = field(default=1024, metadata={"help": "Memory budget for one chunk of the similarity computation."})
+    batch_size: int = field(default=128, metadata={"help": "Batch size for encoding images and captions."})
+
+
+PAPER_PRESETS: dict[str, dict[str, dict[str, object]]] = {
+    "f30k": {
+        "t2i_avg": {"cross_attn": "t2i", "agg_func": "Mean", "lambda_softmax": 9.0},
+        "i2t_avg": {"cross_attn": "i2t", "agg_func": "Mean", "lambda_softmax": 4.0},
+        "train": {"learning_rate": 2e-4, "num_epochs": 30, "lr_update": 15},
+    },
+    "coco": {
+        "t2i_lse": {"cross_attn": "t2i", "agg_func": "LogSumExp", "lambda_softmax": 9.0, "lambda_lse": 6.0},
+        "i2t_avg": {"cross_attn": "i2t", "agg_func": "Mean", "lambda_softmax": 4.0},
+        "train": {"learning_rate": 5e-4, "num_epochs": 20, "lr_update": 10},
+    },
+}
