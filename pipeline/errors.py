@@ -13,3 +13,11 @@ class InputError(ValueError):
         self.location = location
         where = self.path if location is None else f"{self.path} ({location})"
         super().__init__(f"{where}: {problem}")
+
+
+class MissingDataError(InputError):
+    """A dataset file, image folder or weights file is absent; the message says where to get it."""
+
+    def __init__(self, path: str | PathLike[str], problem: str, *, hint: str, location: str | None = None) -> None:
+        self.hint = hint
+        super().__init__(path, f"{problem}. {hint}", location=location)

@@ -1,0 +1,74 @@
+"""Every caption of a dataset with its split and token ids, in one Parquet file.
+
+Columns: image_id (string), caption_index (int32, order among the image's captions), split
+(string), raw (string), token_ids (list<int32>: <start> ... <end>). Rows follow the dataset's
+image order, then caption order, so row i of a split is stable across runs.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.captions.tokenizer import tokenize
+from pipeline.captions.vocabulary import Vocabulary
+from pipeline.datasets import SPLITS, Dataset
+from pipeline.errors import InputError
+
+SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("caption_index", pa.int32()),
+    ("split", pa.string()),
+    ("raw", pa.string()),
+    ("token_ids", pa.list_(pa.int32())),
+])
+DEFAULT_ROW_GROUP_SIZE = 65536
+
+
+def _batches(dataset: Dataset, vocab: Vocabulary, size: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of at most `size` captions, so memory stays bounded on COCO's 600k captions."""
+    columns: dict[str, list] = {name: [] for name in SCHEMA.names}
+    for image in dataset.images:
+        for index, caption in enumerate(image.captions):
+            for name, value in zip(SCHEMA.names, (image.image_id, index, image.split, caption,
+                                                  vocab.encode(tokenize(caption)))):
+                columns[name].append(value)
+            if len(columns["raw"]) == size:
+                yield pa.RecordBatch.from_pydict(columns, schema=SCHEMA)
+                columns = {name: [] for name in SCHEMA.names}
+    if columns["raw"]:
+        yield pa.RecordBatch.from_pydict(columns, schema=SCHEMA)
+
+
+def write_captions(dataset: Dataset, vocab: Vocabulary, path: str | os.PathLike[str], *,
+                   row_group_size: int = DEFAULT_ROW_GROUP_SIZE) -> Path:
+    """Tokenises and encodes every caption into `path` (temp file + rename: no half-written file)."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        with pq.ParquetWriter(temporary, SCHEMA) as writer:
+            for batch in _batches(dataset, vocab, row_group_size):
+                writer.write_batch(batch, row_group_size=row_group_size)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return path
+
+
+def read_captions(path: str | os.PathLike[str], split: str | None = None) -> pa.Table:
+    """The captions table, or only the rows of one split ("train" | "dev" | "test")."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    try:
+        table = pq.read_table(path, filters=None if split is None else [("split", "=", split)])
+    except (pa.ArrowInvalid, OSError) as error:
+        raise InputError(path, f"not a readable captions Parquet file ({error})") from error
+    if not table.schema.equals(SCHEMA):
+        raise InputError(path, f"unexpected columns {table.schema.names}; expected {SCHEMA.names}")
+    return table
