@@ -12,6 +12,8 @@ class RegionRecord:
 
     Arrays are numpy: features (K, D) float32, boxes (K, 4) float32, object_ids / attr_ids (K,)
     int64, object_conf / attr_conf (K,) float32; K = num_boxes varies per image (adaptive boxes).
+    Label ids are detector class indices: 0 = background / no attribute, i + 1 = line i of the VG
+    objects_vocab.txt / attributes_vocab.txt (importers of 0-based TSV ids shift them).
     """
 
     image_id: str
