@@ -1,0 +1,99 @@
+"""Command line: ``python -m models evaluate|train|search|attention ...`` (see each ``--help``).
+
+Evaluation options are generated from EvalConfig, so the CLI and the Luigi tasks share one
+definition of each setting.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import torch
+
+from models.attention_viz import add_attention_arguments, run_attention
+from models.compat import load_model, load_precomp_split
+from models.config import EvalConfig
+from models.evaluate import evaluate_models, format_table, save_results
+from models.search import SearchConfig, add_search_arguments, run_search
+from models.train import run_train_job
+from pipeline.captions import Vocabulary
+from pipeline.errors import InputError
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One ``--field-name`` option per dataclass field, with its type, default and help."""
+    for spec in fields(config_class):
+        flag = "--" + spec.name.replace("_", "-")
+        default = spec.default if spec.default is not MISSING else None
+        help_text = spec.metadata.get("help", "")
+        if spec.type in (bool, "bool"):
+            parser.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=spec.name, type=type(default), default=default,
+                                help=f"{help_text} (default: {default})")
+
+
+def config_from_args(args: argparse.Namespace, config_class: type):
+    return config_class(**{spec.name: getattr(args, spec.name) for spec in fields(config_class)})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    evaluate = commands.add_parser("evaluate", help="R@K of SCAN checkpoints (several: ensemble) on precomp data")
+    evaluate.add_argument("--checkpoint", action="append", required=True, type=Path,
+                          help="Reference model_best.pth.tar or our checkpoint; repeat for an ensemble.")
+    evaluate.add_argument("--data", required=True, type=Path, help="Folder of {split}_ims.npy and {split}_caps.txt.")
+    evaluate.add_argument("--vocab", required=True, type=Path,
+                          help="SCAN vocabulary JSON (e.g. f30k_precomp_vocab.json).")
+    evaluate.add_argument("--json", type=Path, help="Write results here (ranks beside it as .npy).")
+    evaluate.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N.")
+    add_dataclass_options(evaluate, EvalConfig)
+    train = commands.add_parser("train", help="Train from a JSON job (models.train.write_train_job); torchrun-ready")
+    train.add_argument("--config", required=True, type=Path, help="Job file.")
+    search = commands.add_parser("search", help="Text -> top-k images of a store, image -> top-k captions")
+    add_search_arguments(search)
+    add_dataclass_options(search, SearchConfig)
+    attention = commands.add_parser("attention", help="PNG of the attention of one (image, caption) pair")
+    add_attention_arguments(attention)
+    return parser
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    config = config_from_args(args, EvalConfig)
+    device = torch.device(args.device)
+    vocab = Vocabulary.from_scan_json(args.vocab)
+    pairs = load_precomp_split(args.data, config.split, vocab)
+    loaded = [load_model(path, device) for path in args.checkpoint]
+    for path, entry in zip(args.checkpoint, loaded):
+        if entry.vocab_size != len(vocab):
+            raise InputError(args.vocab, f"{len(vocab)} words, but {path} was trained with {entry.vocab_size}")
+    models = [entry.model for entry in loaded]
+    results, ranks = evaluate_models(models, pairs, config, device, progress=True)
+    print(format_table(results))
+    if args.json is not None:
+        save_results(results, ranks, args.json)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "evaluate":
+            return run_evaluate(args)
+        if args.command == "search":
+            return run_search(args, config_from_args(args, SearchConfig))
+        if args.command == "attention":
+            return run_attention(args)
+        run_train_job(args.config)
+        return 0
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Image-text retrieval evaluation of SCAN models: encode, score, rank, recall.
+
+Protocols as the reference's ``evalrank``: Flickr30K 1K test (all images of the split);
+COCO 5-fold 1K (fold i: images [i*1000:(i+1)*1000], captions [i*5000:(i+1)*5000], metrics
+averaged) or the full 5K (``testall``). Caption j belongs to image j // 5; an image query's
+rank is the best rank among its captions. Ranks count the candidates scored strictly higher
+than the true one (exact ties go to the query). Several models form an ensemble by averaging
+their similarity matrices.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from models.config import EvalConfig
+from models.data import CAPTIONS_PER_IMAGE, CaptionPairs, pad_captions
+from models.encoders import SCANModel
+from models.scan import scores_within_budget
+
+RECALL_AT = (1, 5, 10)
+FOLD_IMAGES = 1000
+RANK_CHUNK = 1024  # query rows per comparison block in the rank computation
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Embeddings of one evaluation split: img_emb (n_img, R, d), cap_emb (n_cap, W, d)."""
+
+    img_emb: Tensor
+    img_lens: Tensor
+    cap_emb: Tensor
+    cap_lens: Tensor
+
+
+@torch.no_grad()
+def encode_split(model: SCANModel, pairs: CaptionPairs, config: EvalConfig, device: torch.device,
+                 progress: bool = False) -> Encoded:
+    """Encodes every image of ``pairs.regions`` once and every caption, in batches, on ``device``."""
+    model.eval()
+    n_img = len(pairs.regions)
+    img_chunks, img_lens = [], []
+    for start in tqdm(range(0, n_img, config.batch_size), desc="images", disable=not progress):
+        features, num_boxes = pairs.regions.read(np.arange(start, min(start + config.batch_size, n_img)))
+        img_chunks.append(model.img_enc(torch.from_numpy(features).to(device)))
+        img_lens.append(torch.as_tensor(num_boxes, dtype=torch.long))
+    cap_chunks, cap_lens = [], []
+    for start in tqdm(range(0, len(pairs), config.batch_size), desc="captions", disable=not progress):
+        tokens, lengths = pad_captions(pairs.captions[start:start + config.batch_size])
+        cap_emb, _ = model.txt_enc(tokens.to(device), lengths)
+        cap_chunks.append(cap_emb)
+        cap_lens.append(lengths)
+    width = max(chunk.size(1) for chunk in cap_chunks)
+    cap_emb = torch.cat([torch.nn.functional.pad(c, (0, 0, 0, width - c.size(1))) for c in cap_chunks])
+    return Encoded(torch.cat(img_chunks), torch.cat(img_lens), cap_emb, torch.cat(cap_lens))
+
+
+@torch.no_grad()
+def similarity_matrix(model: SCANModel, encoded: Encoded, config: EvalConfig,
+                      images: slice = slice(None), captions: slice = slice(None)) -> np.ndarray:
+    """(n_img, n_cap) float32 scores of the selected images and captions, chunked by memory budget."""
+    scores = scores_within_budget(encoded.img_emb[images], encoded.cap_emb[captions],
+                                  encoded.cap_lens[captions], model.config,
+                                  img_lens=encoded.img_lens[images], memory_mb=config.score_memory_mb)
+    return scores.float().cpu().numpy()
+
+
+def i2t_ranks(sims: np.ndarray, per_image: int = CAPTIONS_PER_IMAGE) -> np.ndarray:
+    """(n_img,) 0-based rank of the best-ranked true caption of each image query."""
+    _check_shape(sims, per_image)
+    n_img = sims.shape[0]
+    best_true = sims.reshape(n_img, n_img, per_image)[np.arange(n_img), np.arange(n_img)].max(axis=1)
+    return np.concatenate([(sims[s] > best_true[s, None]).sum(axis=1)
+                           for s in _chunks(n_img)]).astype(np.int64)
+
+
+def t2i_ranks(sims: np.ndarray, per_image: int = CAPTIONS_PER_IMAGE) -> np.ndarray:
+    """(n_cap,) 0-based rank of the true image of each caption query."""
+    _check_shape(sims, per_image)
+    n_cap = sims.shape[1]
+    truth = np.arange(n_cap) // per_image
+    true_score = sims[truth, np.arange(n_cap)]
+    return np.concatenate([(sims[:, s] > true_score[None, s]).sum(axis=0)
+                           for s in _chunks(n_cap)]).astype(np.int64)
+
+
+def recall_summary(ranks: np.ndarray) -> dict[str, float]:
+    """R@1/5/10 in percent, median and mean rank (1-based), as the reference."""
+    summary = {f"r{k}": float(100.0 * np.mean(ranks < k)) for k in RECALL_AT}
+    summary["medr"] = float(np.floor(np.median(ranks)) + 1)
+    summary["meanr"] = float(ranks.mean() + 1)
+    return summary
+
+
+def retrieval_results(sims: np.ndarray, per_image: int = CAPTIONS_PER_IMAGE) -> tuple[dict, dict]:
+    """({"i2t": {...}, "t2i": {...}, "rsum": x}, {"i2t": ranks, "t2i": ranks}) of one matrix."""
+    ranks = {"i2t": i2t_ranks(sims, per_image), "t2i": t2i_ranks(sims, per_image)}
+    i2t, t2i = recall_summary(ranks["i2t"]), recall_summary(ranks["t2i"])
+    return {"i2t": i2t, "t2i": t2i, "rsum": _rsum(i2t, t2i)}, ranks
+
+
+def fold_slices(n_img: int, fold5: bool, per_image: int = CAPTIONS_PER_IMAGE,
+                fold_images: int = FOLD_IMAGES) -> list[tuple[slice, slice]]:
+    """One (images, captions) slice pair for the whole split, or the five COCO 1K folds."""
+    if not fold5:
+        return [(slice(0, n_img), slice(0, n_img * per_image))]
+    if n_img != 5 * fold_images:
+        raise ValueError(f"fold5 needs 5 x {fold_images} images (the COCO 5K test), got {n_img}")
+    return [(slice(i * fold_images, (i + 1) * fold_images),
+             slice(i * fold_images * per_image, (i + 1) * fold_images * per_image)) for i in range(5)]
+
+
+def average_results(results: Sequence[dict]) -> dict:
+    """Mean of every metric over folds; rsum recomputed from the mean recalls (as the reference)."""
+    mean = {direction: {key: float(np.mean([r[direction][key] for r in results]))
+                        for key in results[0][direction]} for direction in ("i2t", "t2i")}
+    return {**mean, "rsum": _rsum(mean["i2t"], mean["t2i"])}
+
+
+def evaluate_models(models: Sequence[SCANModel], pairs: CaptionPairs, config: EvalConfig,
+                    device: torch.device, progress: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
+    """Results and per-query ranks of one model, or of an ensemble (similarities averaged).
+
+    ``pairs`` must hold the split's images and 5 captions each, caption j of image j // 5.
+    """
+    expected = np.arange(len(pairs)) // CAPTIONS_PER_IMAGE
+    if len(pairs) != CAPTIONS_PER_IMAGE * len(pairs.regions) or not np.array_equal(pairs.image_index, expected):
+        raise ValueError(f"evaluation needs caption j paired with image j // {CAPTIONS_PER_IMAGE} "
+                         f"({len(pairs)} captions, {len(pairs.regions)} images)")
+    encodings = [encode_split(model, pairs, config, device, progress) for model in models]
+
+    def ensemble(images: slice, captions: slice) -> np.ndarray:
+        return np.mean([similarity_matrix(m, e, config, images, captions)
+                        for m, e in zip(models, encodings)], axis=0)
+
+    return evaluate_similarities(ensemble, len(pairs.regions), config.fold5)
+
+
+def evaluate_similarities(similarities: Callable[[slice, slice], np.ndarray], n_img: int, fold5: bool,
+                          fold_images: int = FOLD_IMAGES) -> tuple[dict, dict[str, np.ndarray]]:
+    """Runs the protocol on ``similarities(images, captions)`` blocks: the whole split, or the 5
+    folds with metrics averaged (per-fold results under "folds"); ranks concatenated over folds."""
+    per_fold, ranks = [], {"i2t": [], "t2i": []}
+    for images, captions in fold_slices(n_img, fold5, fold_images=fold_images):
+        results, fold_ranks = retrieval_results(similarities(images, captions))
+        per_fold.append(results)
+        for direction in ranks:
+            ranks[direction].append(fold_ranks[direction])
+    results = {**average_results(per_fold), "folds": per_fold} if fold5 else per_fold[0]
+    return results, {direction: np.concatenate(r) for direction, r in ranks.items()}
+
+
+def format_table(results: dict) -> str:
+    """A fixed-width table: one row per direction, then rsum."""
+    keys = ("r1", "r5", "r10", "medr", "meanr")
+    header = f"{'':6}" + "".join(f"{name:>8}" for name in ("R@1", "R@5", "R@10", "medr", "meanr"))
+    rows = [f"{d:6}" + "".join(f"{results[d][k]:8.1f}" for k in keys) for d in ("i2t", "t2i")]
+    return "\n".join([header, *rows, f"{'rsum':6}{results['rsum']:8.1f}"])
+
+
+def save_results(results: dict, ranks: dict[str, np.ndarray], json_path: str | PathLike[str]) -> None:
+    """Writes the JSON and, beside it, ``<stem>_i2t_ranks.npy`` / ``<stem>_t2i_ranks.npy``; atomically."""
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    for direction, values in ranks.items():
+        target = json_path.with_name(f"{json_path.stem}_{direction}_ranks.npy")
+        temporary = target.with_name(target.name + ".tmp.npy")
+        np.save(temporary, values)
+        temporary.replace(target)
+    temporary = json_path.with_name(json_path.name + ".tmp")
+    temporary.write_text(json.dumps(results, indent=2))
+    temporary.replace(json_path)
+
+
+def _rsum(i2t: dict[str, float], t2i: dict[str, float]) -> float:
+    return float(sum(i2t[f"r{k}"] + t2i[f"r{k}"] for k in RECALL_AT))
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(start, min(start + RANK_CHUNK, n)) for start in range(0, n, RANK_CHUNK)]
+
+
+def _check_shape(sims: np.ndarray, per_image: int) -> None:
+    if sims.ndim != 2 or sims.shape[1] != sims.shape[0] * per_image:
+        raise ValueError(f"similarities {sims.shape} must be (n_img, {per_image} * n_img)")
