@@ -1,0 +1,110 @@
+"""Extractor settings, defined once, and the registry of named backbone presets.
+
+The Luigi tasks generate their parameters from `ExtractorConfig`; model code only sees a
+`BackboneSpec` (looked up by name) plus the few inference settings it needs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+WEIGHT_FORMATS = ("auto", "airsplay", "milvlg")
+AMP_DTYPES = ("", "fp16", "bf16")
+CAFFE_PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Shape of one Faster R-CNN C4 model: ResNet body up to res4, res5 as the box head."""
+
+    depth: int
+    block: str  # "bottleneck" (R50/R101) or "basic" (R18)
+    num_classes: int = 1600  # foreground object classes (objects_vocab.txt lines)
+    num_attributes: int = 400  # attributes (attributes_vocab.txt lines)
+    res5_dilation: int = 2  # the Caffe model keeps res5 at 14x14 with dilation 2
+    anchor_scales: tuple[int, ...] = (4, 8, 16, 32)  # times the 16-pixel base anchor
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_channels: int = 512
+    pooler_resolution: int = 14
+    attr_embed_dim: int = 256
+    attr_hidden_dim: int = 512
+    short_side: Optional[int] = None  # preset resize defaults, used by ExtractorConfig.for_preset
+    max_side: Optional[int] = None
+
+    @property
+    def stage_blocks(self) -> tuple[int, int, int, int]:
+        return {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}[self.depth]
+
+    @property
+    def res2_channels(self) -> int:
+        return 256 if self.block == "bottleneck" else 64
+
+    @property
+    def feature_dim(self) -> int:
+        """Channels of the pooled region feature (res5 output): 2048 or 512."""
+        return self.res2_channels * 8
+
+    @property
+    def num_anchors(self) -> int:
+        return len(self.anchor_scales) * len(self.anchor_ratios)
+
+
+PRESETS: dict[str, BackboneSpec] = {
+    "R101-C4-VG": BackboneSpec(depth=101, block="bottleneck"),
+    "R50-C4": BackboneSpec(depth=50, block="bottleneck"),
+    "R18-C4": BackboneSpec(depth=18, block="basic"),
+    # Small and fast for tests and the demo (7x7 ROI pool, res5 at 4x4); random-init by default.
+    "R18-C4-demo": BackboneSpec(depth=18, block="basic", res5_dilation=1, pooler_resolution=7, short_side=128, max_side=160),
+}
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    """Everything that decides which regions and features come out of an image."""
+
+    backbone: str = field(default="R101-C4-VG", metadata={"help": "Backbone preset: " + " | ".join(PRESETS) + "."})
+    weights: str = field(default="", metadata={"help": "Weights file path or URL; empty = seeded random init (tests, demo)."})
+    weights_sha256: str = field(default="", metadata={"help": "Expected SHA-256 of the weights file; empty = not checked."})
+    weights_format: str = field(default="auto", metadata={"help": "Weights layout: auto | airsplay (.pkl) | milvlg (.pth)."})
+    cache_dir: str = field(default="", metadata={"help": "Where downloaded weights are kept; empty = ~/.cache/scan-pipeline/weights."})
+    min_boxes: int = field(default=36, metadata={"help": "Fewest regions kept per image."})
+    max_boxes: int = field(default=36, metadata={"help": "Most regions kept per image."})
+    conf_thresh: float = field(default=0.2, metadata={"help": "Keep regions whose best class score after per-class NMS reaches this."})
+    nms_thresh: float = field(default=0.3, metadata={"help": "IoU threshold of the per-class NMS in region selection."})
+    rpn_pre_nms_topk: int = field(default=6000, metadata={"help": "RPN proposals kept before NMS."})
+    rpn_post_nms_topk: int = field(default=300, metadata={"help": "RPN proposals kept after NMS."})
+    rpn_nms_thresh: float = field(default=0.7, metadata={"help": "IoU threshold of the RPN NMS."})
+    rpn_min_size: int = field(default=16, metadata={"help": "Drop proposals smaller than this (original-image pixels)."})
+    test_short_side: int = field(default=600, metadata={"help": "Resize the shorter image side to this many pixels."})
+    test_max_side: int = field(default=1000, metadata={"help": "Cap the longer image side at this many pixels."})
+    batch_size: int = field(default=1, metadata={"help": "Images per forward pass (zero-padded to the largest)."})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N."})
+    amp_dtype: str = field(default="", metadata={"help": "Autocast on GPU: '' (float32) | fp16 | bf16."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random init used when no weights are given."})
+
+    def __post_init__(self) -> None:
+        if self.backbone not in PRESETS:
+            raise ValueError(f"backbone={self.backbone!r}; expected one of {', '.join(PRESETS)}")
+        if self.weights_format not in WEIGHT_FORMATS:
+            raise ValueError(f"weights_format={self.weights_format!r}; expected one of {', '.join(WEIGHT_FORMATS)}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype={self.amp_dtype!r}; expected '', fp16 or bf16")
+        if not 1 <= self.min_boxes <= self.max_boxes:
+            raise ValueError(f"min_boxes={self.min_boxes}, max_boxes={self.max_boxes}; need 1 <= min_boxes <= max_boxes")
+        if self.test_short_side < 1 or self.test_max_side < self.test_short_side:
+            raise ValueError(f"test_short_side={self.test_short_side}, test_max_side={self.test_max_side}; need 1 <= short <= max")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size}; expected a positive number")
+
+    @property
+    def spec(self) -> BackboneSpec:
+        return PRESETS[self.backbone]
+
+    @classmethod
+    def for_preset(cls, backbone: str, **overrides: object) -> "ExtractorConfig":
+        """A config for `backbone` that takes the preset's resize defaults unless overridden."""
+        spec = PRESETS.get(backbone)
+        sizes: dict[str, object] = {}
+        if spec is not None and spec.short_side is not None:
+            sizes = {"test_short_side": spec.short_side, "test_max_side": spec.max_side}
+        return cls(backbone=backbone, **{**sizes, **overrides})  # type: ignore[arg-type]
