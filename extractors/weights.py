@@ -85,7 +85,10 @@ def read_checkpoint(path: Path) -> StateDict:
     tensors: StateDict = {}
     for name, value in state.items():
         if isinstance(value, np.ndarray) or np.isscalar(value):
-            value = torch.from_numpy(np.array(value))
+            array = np.array(value)
+            if array.dtype.kind not in "biuf":
+                raise InputError(path, f"entry is {array.dtype} data, not an array of numbers", location=f"key {name}")
+            value = torch.from_numpy(array)
         if not isinstance(value, torch.Tensor):
             raise InputError(path, f"entry is {type(value).__name__}, not an array", location=f"key {name}")
         tensors[str(name)] = value

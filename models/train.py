@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from models.compat import CHECKPOINT_FORMAT, load_precomp_split
+from models.compat import CHECKPOINT_FORMAT, load_precomp_split, read_checkpoint
 from models.config import EvalConfig, ModelConfig, TrainConfig
 from models.data import CaptionBatch, CaptionPairs, first_images
 from models.encoders import SCANModel
@@ -179,7 +179,7 @@ class _TrainingState:
         _seed_everything(config.seed)
         state = cls(SCANModel(vocab_size, model_config).to(ranks.device), config, vocab_size, ranks, out_dir)
         if (out_dir / LAST_CHECKPOINT).is_file():
-            state.restore(torch.load(out_dir / LAST_CHECKPOINT, map_location=ranks.device, weights_only=True))
+            state.restore(read_checkpoint(out_dir / LAST_CHECKPOINT))
         return state
 
     def payload(self) -> dict[str, Any]:
@@ -281,9 +281,9 @@ def _validate_and_save(state: _TrainingState, dev_pairs: CaptionPairs, eval_conf
         state.best_rsum, state.best_epoch = results["rsum"], state.epoch
     state.out_dir.mkdir(parents=True, exist_ok=True)
     payload = state.payload()
-    _atomic_save(payload, state.out_dir / LAST_CHECKPOINT)
-    if improved:
+    if improved:  # best first: a crash before the last checkpoint redoes this epoch and rewrites both
         _atomic_save(payload, state.out_dir / BEST_CHECKPOINT)
+    _atomic_save(payload, state.out_dir / LAST_CHECKPOINT)
     _atomic_write_text(state.out_dir / SUMMARY, json.dumps(state.summary(), indent=2))
     if progress is not None:
         progress({"epoch": state.epoch, "step": state.step, "rsum": results["rsum"], "done": True})
@@ -291,7 +291,10 @@ def _validate_and_save(state: _TrainingState, dev_pairs: CaptionPairs, eval_conf
 
 def _atomic_save(payload: dict[str, Any], target: Path) -> None:
     temporary = target.with_name(f".{target.name}.tmp")
-    torch.save(payload, temporary)
+    with open(temporary, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(temporary, target)
 
 

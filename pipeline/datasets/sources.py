@@ -47,6 +47,11 @@ def parse_json(path: Path, text: str, *, location: str | None = None) -> Any:
 def expect_type(value: Any, kinds: tuple[type, ...], *, path: Path, location: str, what: str) -> Any:
     """`value` if it has one of the expected JSON types (a bool is not an int here), else InputError."""
     if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(path, f"{what} is not valid Unicode text (lone surrogate)", location=location) from None
         return value
     expected = " or ".join(kind.__name__ for kind in kinds)
     raise InputError(path, f"{what} must be {expected}, got {type(value).__name__}", location=location)
