@@ -1,0 +1,67 @@
+"""Glue between the pipeline's artifacts and models/: a split's images and captions as CaptionPairs.
+
+Evaluation pairs caption j with image j // 5 of the split (the reference protocol), so a split is
+served as its own region source, images in caption order, the first 5 captions of each image.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models.data import CAPTIONS_PER_IMAGE, CaptionPairs, RegionSource
+from pipeline.captions import read_captions
+from pipeline.errors import InputError
+from pipeline.store import FeatureStore
+
+
+class SplitRegions:
+    """The rows of a region source that belong to one split, addressed 0..n-1 (RegionSource protocol)."""
+
+    def __init__(self, regions: RegionSource, positions: Sequence[int]) -> None:
+        self.regions = regions
+        self.positions = np.asarray(positions, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def image_ids(self) -> list[str]:
+        every = self.regions.image_ids
+        return [every[i] for i in self.positions]
+
+    def read(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.regions.read(self.positions[np.asarray(indices, dtype=np.int64)])
+
+
+def split_pairs(store_dir: Path, captions_path: Path, split: str, *, evaluation: bool) -> CaptionPairs:
+    """CaptionPairs of one split; for evaluation exactly 5 captions per image in image order."""
+    table = read_captions(captions_path, split).to_pydict()
+    if not table["image_id"]:
+        raise InputError(captions_path, f"no captions in split {split!r}")
+    store = FeatureStore(store_dir)
+    position = {image_id: i for i, image_id in enumerate(store.image_ids)}
+    order = list(dict.fromkeys(table["image_id"]))
+    missing = [image_id for image_id in order if image_id not in position]
+    if missing:
+        raise InputError(store_dir, f"{len(missing)} images of split {split!r} have no features, e.g. {missing[:3]}")
+    regions = SplitRegions(store, [position[image_id] for image_id in order])
+    local = {image_id: i for i, image_id in enumerate(order)}
+    rows = sorted(range(len(table["image_id"])), key=lambda r: (local[table["image_id"][r]], table["caption_index"][r]))
+    if evaluation:
+        rows = _first_per_image(rows, table["image_id"], captions_path, split)
+    return CaptionPairs(regions, [table["token_ids"][r] for r in rows], [local[table["image_id"][r]] for r in rows])
+
+
+def _first_per_image(rows: list[int], image_ids: list[str], source: Path, split: str) -> list[int]:
+    kept, seen = [], {}
+    for row in rows:
+        seen[image_ids[row]] = seen.get(image_ids[row], 0) + 1
+        if seen[image_ids[row]] <= CAPTIONS_PER_IMAGE:
+            kept.append(row)
+    short = [image_id for image_id, count in seen.items() if count < CAPTIONS_PER_IMAGE]
+    if short:
+        raise InputError(source, f"split {split!r}: {len(short)} images have fewer than {CAPTIONS_PER_IMAGE} captions, "
+                                 f"e.g. {short[:3]}; the retrieval protocol needs {CAPTIONS_PER_IMAGE}")
+    return kept

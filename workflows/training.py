@@ -1,0 +1,115 @@
+"""TrainModel: SCAN trained on a feature store and the captions, as an external (torchrun) program."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import luigi
+
+from models.config import AGG_FUNCS, CROSS_ATTN, IMAGE_ENCODERS, RAW_FEATURE_NORMS, EvalConfig, ModelConfig, TrainConfig
+from models.train import SUMMARY
+from pipeline.store import read_store_info
+from workflows.base import config_settings
+from workflows.data import VOCAB_FILE, CAPTIONS_FILE, BuildVocab, CaptionParams, PrepareCaptions
+from workflows.features import STORE_SUBDIR, FeatureStore, FeatureTask, parse_features
+from workflows.imports import ImportFeatures
+from workflows.params import build_config, config_params
+from workflows.presets import model_preset, train_preset
+
+SPEC_FILE = "train_spec.json"
+TRAIN_LOG = "train.log"
+MODEL_CHOICES = {"cross_attn": CROSS_ATTN, "agg_func": AGG_FUNCS, "raw_feature_norm": RAW_FEATURE_NORMS,
+                 "precomp_enc_type": IMAGE_ENCODERS}
+TRAIN_INSIGNIFICANT = ("workers", "device", "log_step")
+TRAIN_RENAME = {"workers": "loader_workers"}  # luigi owns --workers (parallel tasks)
+
+
+class ModelParams(CaptionParams):
+    """Every SCAN hyperparameter (ModelConfig + TrainConfig) plus the feature source and launcher."""
+
+    features = luigi.Parameter(default="extract", description="extract | precomp:DIR | tsv:FILE | npz:DIR")
+    variant = luigi.OptionalParameter(default=None, description="Paper preset of the dataset (f30k: t2i_avg | i2t_avg; "
+                                                                 "coco: t2i_lse | i2t_avg); default: the first.")
+    locals().update(config_params(ModelConfig, choices=MODEL_CHOICES, exclude=("img_dim",)))
+    locals().update(config_params(TrainConfig, rename=TRAIN_RENAME, insignificant=TRAIN_INSIGNIFICANT))
+    nproc = luigi.IntParameter(default=1, significant=False,
+                               description="Training processes (torch.distributed.run, gloo on CPU, nccl on GPU).")
+
+    def model_config(self, img_dim: int) -> ModelConfig:
+        return build_config(self, ModelConfig, {**model_preset(self.dataset, self.variant), "img_dim": img_dim})
+
+    def train_config(self) -> TrainConfig:
+        return build_config(self, TrainConfig, train_preset(self.dataset), rename=TRAIN_RENAME)
+
+    def features_task(self) -> FeatureTask:
+        kind, _ = parse_features(self.features)
+        return self.clone(FeatureStore) if kind == "extract" else self.clone(ImportFeatures)
+
+
+class TrainModel(ModelParams, FeatureTask):
+    """`model_best.pth`, `checkpoint.pth`, `summary.json` and TensorBoard logs of one SCAN model.
+
+    Resumes from its own `checkpoint.pth` when a previous run was interrupted.
+    """
+
+    def requires(self) -> dict[str, Any]:
+        return {"features": self.features_task(), "captions": self.clone(PrepareCaptions), "vocab": self.clone(BuildVocab)}
+
+    def settings(self) -> dict[str, Any]:
+        significant = {name: value for name, value in config_settings(self.train_config()).items()
+                       if name not in TRAIN_INSIGNIFICANT}
+        return {"model": config_settings(self.model_config(img_dim=0)), "train": significant}
+
+    def store_dir(self) -> Path:
+        return self.features_task().artifact_dir / STORE_SUBDIR
+
+    def produce(self, out_dir: Path) -> None:
+        store_dir = self.store_dir()
+        spec = {"model": dataclasses.asdict(self.model_config(read_store_info(store_dir).feature_dim)),
+                "train": dataclasses.asdict(self.train_config()), "eval": dataclasses.asdict(EvalConfig(split="dev")),
+                "store_dir": str(store_dir), "captions": str(self.clone(PrepareCaptions).artifact_dir / CAPTIONS_FILE),
+                "vocab": str(self.clone(BuildVocab).artifact_dir / VOCAB_FILE), "out_dir": str(out_dir)}
+        (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+        self.launch(out_dir, spec["train"]["num_epochs"])
+
+    def command(self, out_dir: Path) -> list[str]:
+        if self.nproc > 1:
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
+                    "-m", "workflows.train_entry", str(out_dir / SPEC_FILE)]
+        return [sys.executable, "-m", "workflows.train_entry", str(out_dir / SPEC_FILE)]
+
+    def launch(self, out_dir: Path, epochs: int) -> None:
+        """Run the trainer, reporting its epochs (from summary.json) as luigi progress."""
+        self.report(f"training {epochs} epochs with {self.nproc} process(es); log: {out_dir / TRAIN_LOG}", 0)
+        with open(out_dir / TRAIN_LOG, "a") as log:
+            log.write("$ " + " ".join(self.command(out_dir)) + "\n")
+            log.flush()
+            process = subprocess.Popen(self.command(out_dir), stdout=log, stderr=subprocess.STDOUT)
+            try:
+                reported = -1
+                while process.poll() is None:
+                    time.sleep(1)
+                    reported = self.report_epochs(out_dir, epochs, reported)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        if process.returncode:
+            tail = (out_dir / TRAIN_LOG).read_text().splitlines()[-20:]
+            raise RuntimeError(f"training failed (exit {process.returncode}); end of {out_dir / TRAIN_LOG}:\n" + "\n".join(tail))
+
+    def report_epochs(self, out_dir: Path, epochs: int, reported: int) -> int:
+        """Report the newest finished epoch (from summary.json) if it is new; return it."""
+        summary = out_dir / SUMMARY
+        if not summary.exists():
+            return reported
+        done = json.loads(summary.read_text())
+        if done["epochs"] != reported and done["history"]:
+            self.report(f"epoch {done['epochs']}/{epochs}, dev rsum {done['history'][-1]['rsum']:.1f}",
+                        100.0 * done["epochs"] / max(epochs, 1))
+        return done["epochs"]
