@@ -19,7 +19,8 @@ DEMO_PRESETS: dict[str, dict[str, Any]] = {
               "workers": 0, "log_step": 20},
 }
 DEMO_DATA = {"train_images": 1000, "val_images": 100, "test_images": 100}
-DEMO_EXTRACTOR = {"backbone": "R18-C4-demo", "test_short_side": 128, "test_max_side": 160, "min_boxes": 1, "max_boxes": 4}
+DEMO_EXTRACTOR = {"backbone": "R18-C4-demo", "test_short_side": 128, "test_max_side": 160, "min_boxes": 1, "max_boxes": 4,
+                  "batch_size": 16}
 DEMO_STORE = {"shard_size": 200, "feature_dtype": "float32"}
 FALLBACK_DATASET = "f30k"
 

@@ -1,0 +1,179 @@
+"""PNG pictures of SCAN attention, as the paper's figures: per word, the regions it attends to.
+
+Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend change).
+The picture is a grid of square panels PANEL_PX wide: first the image with every region box,
+then one panel per word (t2i: each box lit and coloured by the word's weight on it, the
+image dimmed where nothing is attended; the most attended box outlined) or per
+region (i2t: the region's box with its most attended words).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
+
+from models.attention import PairAttention, explain_pair
+from models.compat import load_model
+from pipeline.captions import SPECIALS, Vocabulary
+from pipeline.errors import InputError
+from pipeline.store import FeatureStore
+
+PANEL_PX = 240
+DPI = 100
+COLUMNS = 4
+HEAT_ALPHA = 0.55
+TOP_WORDS = 3
+
+
+def load_image(path: str | PathLike[str] | None, image_hw: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of the image file, or a grey canvas of the stored size when None."""
+    if path is None:
+        return np.full((*image_hw, 3), 128, dtype=np.uint8)
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def picture_size(n_panels: int) -> tuple[int, int]:
+    """(width, height) in pixels of a picture with ``n_panels`` panels."""
+    columns = min(COLUMNS, n_panels)
+    return columns * PANEL_PX, math.ceil(n_panels / columns) * PANEL_PX
+
+
+def word_panels(attention: PairAttention, max_words: int = 11) -> list[int]:
+    """Positions of the words drawn (specials like <start>/<end> left out)."""
+    return [i for i, word in enumerate(attention.words) if word not in SPECIALS[:3]][:max_words]
+
+
+def region_panels(attention: PairAttention, max_regions: int = 11) -> list[int]:
+    """The regions best matched by their caption context, most relevant first."""
+    return [int(r) for r in np.argsort(-attention.region_relevance, kind="stable")[:max_regions]]
+
+
+def draw_attention(attention: PairAttention, image: np.ndarray, out_png: str | PathLike[str], *,
+                   view: str | None = None, max_panels: int = 11) -> Path:
+    """Writes the picture (atomically) and returns its path; ``view`` t2i | i2t, default the model's."""
+    view = view or attention.cross_attn
+    boxes = scaled_boxes(attention, image.shape[:2])
+    chosen = word_panels(attention, max_panels) if view == "t2i" else region_panels(attention, max_panels)
+    width, height = picture_size(1 + len(chosen))
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    columns = width // PANEL_PX
+    axes = [figure.add_axes(_panel_rect(i, columns, width, height)) for i in range(1 + len(chosen))]
+    _draw_boxes(axes[0], image, boxes, f"{attention.image_id}: {len(boxes)} regions")
+    for ax, index in zip(axes[1:], chosen):
+        if view == "t2i":
+            _draw_word(ax, image, boxes, attention, index)
+        else:
+            _draw_region(ax, image, boxes, attention, index)
+    return _save(figure, Path(out_png))
+
+
+def scaled_boxes(attention: PairAttention, shown_hw: tuple[int, int]) -> np.ndarray:
+    """Boxes (R, 4) in the pixels of the shown image (the file may be a resized copy)."""
+    scale_y, scale_x = shown_hw[0] / attention.image_hw[0], shown_hw[1] / attention.image_hw[1]
+    return attention.boxes * np.array([scale_x, scale_y, scale_x, scale_y], dtype=np.float32)
+
+
+def heat_map(boxes: np.ndarray, weights: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(H, W) largest weight among the boxes covering each pixel (overlaps do not add up)."""
+    heat = np.zeros(hw, dtype=np.float32)
+    for (x1, y1, x2, y2), weight in zip(boxes, weights):
+        rows = slice(max(int(y1), 0), max(int(math.ceil(y2)), 0))
+        columns = slice(max(int(x1), 0), max(int(math.ceil(x2)), 0))
+        np.maximum(heat[rows, columns], weight, out=heat[rows, columns])
+    return heat
+
+
+def _draw_word(ax, image: np.ndarray, boxes: np.ndarray, attention: PairAttention, word: int) -> None:
+    weights = attention.word_to_region[word]
+    heat = heat_map(boxes, weights, image.shape[:2]) / max(float(weights.max()), 1e-12)
+    colored = colormaps["jet"](heat)[..., :3] * 255
+    alpha = HEAT_ALPHA * heat[..., None]
+    blended = ((1 - alpha) * image + alpha * colored) * (0.3 + 0.7 * heat[..., None])
+    _show(ax, blended.astype(np.uint8), f"{attention.words[word]}  (max {weights.max():.2f})")
+    _box(ax, boxes[int(weights.argmax())], "white")
+
+
+def _draw_region(ax, image: np.ndarray, boxes: np.ndarray, attention: PairAttention, region: int) -> None:
+    weights = attention.region_to_word[region]
+    top = np.argsort(-weights, kind="stable")[:TOP_WORDS]
+    _show(ax, (image * 0.6).astype(np.uint8), f"region {region}")
+    _box(ax, boxes[region], "yellow")
+    label = "\n".join(f"{attention.words[w]} {weights[w]:.2f}" for w in top)
+    ax.text(0.02, 0.98, label, transform=ax.transAxes, va="top", fontsize=8, color="black",
+            bbox={"facecolor": "white", "alpha": 0.8, "pad": 2})
+
+
+def _draw_boxes(ax, image: np.ndarray, boxes: np.ndarray, title: str) -> None:
+    _show(ax, image, title)
+    for box in boxes:
+        _box(ax, box, "lime")
+
+
+def _show(ax, image: np.ndarray, title: str) -> None:
+    ax.imshow(image)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9, pad=2)
+
+
+def _box(ax, box: Sequence[float], color: str) -> None:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.5))
+
+
+def _panel_rect(index: int, columns: int, width: int, height: int) -> list[float]:
+    """Axes rectangle (figure fractions) of panel ``index``, leaving room for its title."""
+    row, column = divmod(index, columns)
+    margin, title = 6, 18
+    left = (column * PANEL_PX + margin) / width
+    bottom = (height - (row + 1) * PANEL_PX + margin) / height
+    return [left, bottom, (PANEL_PX - 2 * margin) / width, (PANEL_PX - 2 * margin - title) / height]
+
+
+def _save(figure: Figure, out_png: Path) -> Path:
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out_png.with_name(f".{out_png.name}.tmp")
+    FigureCanvasAgg(figure)
+    with open(temporary, "wb") as stream:
+        figure.savefig(stream, format="png", dpi=DPI)
+    os.replace(temporary, out_png)
+    return out_png
+
+
+def add_attention_arguments(parser: argparse.ArgumentParser) -> None:
+    """The inputs of ``python -m models attention``."""
+    parser.add_argument("--checkpoint", required=True, type=Path, help="Our checkpoint or SCAN's model_best.pth.tar.")
+    parser.add_argument("--store", required=True, type=Path, help="Feature store holding the image's regions.")
+    parser.add_argument("--vocab", required=True, type=Path, help="SCAN vocabulary JSON the model was trained with.")
+    parser.add_argument("--image", required=True, help="Image id in the store.")
+    parser.add_argument("--caption", required=True, help="Caption to explain.")
+    parser.add_argument("--image-file", type=Path, help="The image itself (else a grey canvas of its size).")
+    parser.add_argument("--view", choices=("t2i", "i2t"), help="Per word (t2i) or per region (i2t); default the model's.")
+    parser.add_argument("--out", required=True, type=Path, help="PNG to write.")
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    """Draws the attention of one (image, caption) pair and prints where the PNG went."""
+    vocab = Vocabulary.from_scan_json(args.vocab)
+    loaded = load_model(args.checkpoint)
+    if loaded.vocab_size != len(vocab):
+        raise InputError(args.vocab, f"{len(vocab)} words, but {args.checkpoint} was trained with {loaded.vocab_size}")
+    store = FeatureStore(args.store)
+    try:
+        record = store.get(args.image)
+    except KeyError as error:
+        raise InputError(args.store, str(error.args[0])) from None
+    attention = explain_pair(loaded.model, vocab, record, args.caption)
+    path = draw_attention(attention, load_image(args.image_file, attention.image_hw), args.out, view=args.view)
+    print(f"{path}  (score {attention.score:.4f}, {attention.cross_attn} model)")
+    return 0
