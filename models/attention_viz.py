@@ -24,9 +24,10 @@ from PIL import Image
 
 from models.attention import PairAttention, explain_pair
 from models.compat import load_model
+from models.encoders import SCANModel
 from pipeline.captions import SPECIALS, Vocabulary
 from pipeline.errors import InputError
-from pipeline.store import FeatureStore
+from pipeline.store import FeatureStore, RegionRecord
 
 PANEL_PX = 240
 DPI = 100
@@ -164,16 +165,38 @@ def add_attention_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_attention(args: argparse.Namespace) -> int:
     """Draws the attention of one (image, caption) pair and prints where the PNG went."""
-    vocab = Vocabulary.from_scan_json(args.vocab)
-    loaded = load_model(args.checkpoint)
-    if loaded.vocab_size != len(vocab):
-        raise InputError(args.vocab, f"{len(vocab)} words, but {args.checkpoint} was trained with {loaded.vocab_size}")
-    store = FeatureStore(args.store)
-    try:
-        record = store.get(args.image)
-    except KeyError as error:
-        raise InputError(args.store, str(error.args[0])) from None
-    attention = explain_pair(loaded.model, vocab, record, args.caption)
+    model, vocab, store = _open(args.checkpoint, args.vocab, args.store)
+    attention = explain_pair(model, vocab, _record(store, args.store, args.image), args.caption)
     path = draw_attention(attention, load_image(args.image_file, attention.image_hw), args.out, view=args.view)
     print(f"{path}  (score {attention.score:.4f}, {attention.cross_attn} model)")
     return 0
+
+
+def draw_examples(checkpoint: str | PathLike[str], store_dir: str | PathLike[str], vocab_path: str | PathLike[str],
+                  examples: Sequence[tuple[str, str, str | PathLike[str] | None]], out_dir: str | PathLike[str]) -> list[Path]:
+    """One picture per (image_id, caption, image file) with a trained model: the report's attention examples."""
+    model, vocab, store = _open(checkpoint, vocab_path, store_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pictures = []
+    for image_id, caption, image_file in examples:
+        attention = explain_pair(model, vocab, _record(store, store_dir, image_id), caption)
+        image = load_image(image_file, attention.image_hw)
+        pictures.append(draw_attention(attention, image, out_dir / f"attention_{image_id}.png"))
+    return pictures
+
+
+def _open(checkpoint: str | PathLike[str], vocab_path: str | PathLike[str],
+          store_dir: str | PathLike[str]) -> tuple[SCANModel, Vocabulary, FeatureStore]:
+    vocab = Vocabulary.from_scan_json(vocab_path)
+    loaded = load_model(checkpoint)
+    if loaded.vocab_size != len(vocab):
+        raise InputError(vocab_path, f"{len(vocab)} words, but {checkpoint} was trained with {loaded.vocab_size}")
+    return loaded.model, vocab, FeatureStore(store_dir)
+
+
+def _record(store: FeatureStore, store_dir: str | PathLike[str], image_id: str) -> RegionRecord:
+    try:
+        return store.get(image_id)
+    except KeyError as error:
+        raise InputError(store_dir, str(error.args[0])) from None

@@ -136,7 +136,7 @@ class ShardWriter:
             values = np.zeros((n, *shape), dtype=dtype)
             for index, row in enumerate(self._rows):
                 values[index, :row.num_boxes] = row.regions[name]
-            handle.create_dataset(name, data=values, chunks=(min(max(n, 1), _GROW), *shape))
+            handle.create_dataset(name, data=values, chunks=(min(n, _GROW), *shape) if n else None)
         handle.create_dataset("num_boxes", data=np.array([row.num_boxes for row in self._rows], dtype=np.int32).reshape(n))
         handle.create_dataset("image_hw", data=np.array([row.image_hw for row in self._rows], dtype=np.int32).reshape(n, 2))
         for name, attribute in zip(_TEXT_COLUMNS, ("image_id", "relpath", "sha256")):

@@ -109,9 +109,6 @@ def test_bad_image_in_an_existing_store_loses_nothing(tmp_path, detector) -> Non
     assert verify_store(tmp_path / "store") == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug in extractors: a 1x1 image gets 0 region proposals (all are smaller than "
-                   "rpn_min_size after scaling), ShardWriter refuses the 0-region record and the whole run stops; "
-                   "fix: record such an image as a failure in extract_shard (or keep the unfiltered proposals in RPN._select)")
 def test_one_pixel_image_is_extracted_or_recorded_without_stopping_the_run(tmp_path, detector) -> None:
     folder = tmp_path / "images"
     write_files(folder, {"one-pixel.png": one_pixel_png(), **dict(list(odd_but_valid_image_files(seed=5).items())[:1])})
