@@ -136,8 +136,10 @@ def write_report(out_dir: str | PathLike[str], eval_results: Mapping[str, Mappin
     out_dir.mkdir(parents=True, exist_ok=True)
     ours = {name: read_results(source) for name, source in eval_results.items()}
     paper = PAPER_RESULTS[paper_figures] if isinstance(paper_figures, str) else paper_figures
-    protocol = PROTOCOLS.get(paper_figures, "same protocol as the paper rows") if isinstance(paper_figures, str) \
-        else "same protocol as the paper rows"
+    if isinstance(paper_figures, str):
+        protocol = PROTOCOLS.get(paper_figures, "same protocol as the paper rows")
+    else:
+        protocol = "same protocol as the paper rows" if paper else "no published figures for this dataset"
     sections = ["# SCAN results", f"## Retrieval ({protocol})", recall_table(ours, paper)]
     if train_log is not None:
         logs = read_train_log(train_log)

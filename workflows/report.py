@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from workflows.training import ModelParams, TrainModel
 
 REPORT_FILE = "report.md"
 ATTENTION_EXAMPLES = 3
-PAPER_FIGURES = {"coco": "coco5k"}
+PAPER_FIGURES = {"f30k": "f30k", "coco": "coco5k"}  # datasets the paper reports on
 
 
 class Report(EvalParams, ModelParams, FeatureTask):
@@ -37,10 +38,11 @@ class Report(EvalParams, ModelParams, FeatureTask):
         evaluations = {name: task.artifact_dir / RESULTS_FILE for name, task in self.requires().items() if name != "model"}
         examples = [(record.image_id, record.captions[0], record.path)
                     for record in self.load().split("test")[:ATTENTION_EXAMPLES]]
-        pictures = draw_examples(model.artifact_dir / BEST_CHECKPOINT, model.store_dir(),
-                                 self.clone(BuildVocab).artifact_dir / VOCAB_FILE, examples, out_dir / "pictures")
-        write_report(out_dir, evaluations, train_log=model.artifact_dir, attention_examples=pictures,
-                     paper_figures=PAPER_FIGURES.get(self.dataset, "f30k"))
+        with tempfile.TemporaryDirectory(dir=out_dir) as drawn:
+            pictures = draw_examples(model.artifact_dir / BEST_CHECKPOINT, model.store_dir(),
+                                     self.clone(BuildVocab).artifact_dir / VOCAB_FILE, examples, drawn)
+            write_report(out_dir, evaluations, train_log=model.artifact_dir, attention_examples=pictures,
+                         paper_figures=PAPER_FIGURES.get(self.dataset, {}))
 
 
 class TrainSCAN(Report):
