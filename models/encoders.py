@@ -1,0 +1,113 @@
+"""SCAN's two encoders and the model that pairs them with stacked cross attention.
+
+Parameter names follow the reference implementation (kuanghuei/SCAN model.py) so its
+checkpoints load by name: ``fc.weight``/``fc.bias`` (basic image encoder),
+``fc.weight_g``/``fc.weight_v``/``fc.bias`` (weight-normalised one) and ``embed.weight``,
+``rnn.weight_ih_l0``, ... for the text encoder.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from models.config import ModelConfig
+from models.scan import xattn_scores
+
+L2_EPS = 1e-8  # the reference adds this to the norm (not to the squared norm)
+
+
+def l2_normalise(x: Tensor, dim: int = -1) -> Tensor:
+    """x / (||x|| + eps), the reference's arithmetic, so zero padding stays zero."""
+    return x / (x.norm(dim=dim, keepdim=True) + L2_EPS)
+
+
+class WeightNormLinear(nn.Module):
+    """Linear layer with weight w = g * v / ||v|| and a single scalar g (weight_norm, dim=None).
+
+    Written out rather than using the deprecated ``torch.nn.utils.weight_norm`` so the
+    parameters keep the reference's names (``weight_g``, ``weight_v``) without warnings.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        linear = nn.Linear(in_features, out_features)  # default init, as the reference
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_v = nn.Parameter(linear.weight.detach().clone())
+        self.weight_g = nn.Parameter(linear.weight.detach().norm())
+        self.bias = nn.Parameter(linear.bias.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight_v * (self.weight_g / self.weight_v.norm())
+        return nn.functional.linear(x, weight, self.bias)
+
+
+class ImageEncoder(nn.Module):
+    """Projects precomputed region features (B, R, img_dim) into the joint space (B, R, embed_size)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.normalise = not config.no_imgnorm
+        if config.precomp_enc_type == "weight_norm":
+            self.fc: nn.Module = WeightNormLinear(config.img_dim, config.embed_size)
+        else:
+            self.fc = nn.Linear(config.img_dim, config.embed_size)
+            nn.init.xavier_uniform_(self.fc.weight)
+            nn.init.zeros_(self.fc.bias)
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = self.fc(images)
+        return l2_normalise(features) if self.normalise else features
+
+
+class TextEncoder(nn.Module):
+    """Word embedding + (bi-)GRU: captions (B, W) -> per-word embeddings (B, W, embed_size)."""
+
+    def __init__(self, vocab_size: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.normalise = not config.no_txtnorm
+        self.bi_gru = config.bi_gru
+        self.embed = nn.Embedding(vocab_size, config.word_dim)
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        self.rnn = nn.GRU(config.word_dim, config.embed_size, config.num_layers,
+                          batch_first=True, bidirectional=config.bi_gru)
+
+    def forward(self, captions: Tensor, lengths: Tensor | Sequence[int]) -> tuple[Tensor, Tensor]:
+        """Returns (cap_emb (B, W, embed_size), zero beyond each length; lengths (B,) long on CPU)."""
+        lengths = torch.as_tensor(lengths, dtype=torch.long).cpu()
+        packed = pack_padded_sequence(self.embed(captions), lengths, batch_first=True,
+                                      enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        cap_emb, _ = pad_packed_sequence(out, batch_first=True, total_length=captions.size(1))
+        if self.bi_gru:
+            forward_half, backward_half = cap_emb.chunk(2, dim=-1)
+            cap_emb = (forward_half + backward_half) / 2
+        if self.normalise:
+            cap_emb = l2_normalise(cap_emb)
+        return cap_emb, lengths
+
+
+class SCANModel(nn.Module):
+    """Both encoders plus the configured stacked-cross-attention similarity."""
+
+    def __init__(self, vocab_size: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.img_enc = ImageEncoder(config)
+        self.txt_enc = TextEncoder(vocab_size, config)
+
+    def forward(self, images: Tensor, captions: Tensor,
+                lengths: Tensor | Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+        """Encodes a batch: (img_emb (B, R, D), cap_emb (B, W, D), cap_lens (B,))."""
+        cap_emb, cap_lens = self.txt_enc(captions, lengths)
+        return self.img_enc(images), cap_emb, cap_lens
+
+    def similarity(self, img_emb: Tensor, img_lens: Tensor | None, cap_emb: Tensor,
+                   cap_lens: Tensor | Sequence[int]) -> Tensor:
+        """(n_img, n_cap) SCAN scores with this model's attention options."""
+        c = self.config
+        return xattn_scores(img_emb, cap_emb, cap_lens, cross_attn=c.cross_attn, agg_func=c.agg_func,
+                            lambda_softmax=c.lambda_softmax, lambda_lse=c.lambda_lse,
+                            raw_feature_norm=c.raw_feature_norm, img_lens=img_lens)
