@@ -174,13 +174,19 @@ def run_attention(args: argparse.Namespace) -> int:
 
 def draw_examples(checkpoint: str | PathLike[str], store_dir: str | PathLike[str], vocab_path: str | PathLike[str],
                   examples: Sequence[tuple[str, str, str | PathLike[str] | None]], out_dir: str | PathLike[str]) -> list[Path]:
-    """One picture per (image_id, caption, image file) with a trained model: the report's attention examples."""
+    """One picture per (image_id, caption, image file) with a trained model: the report's attention examples.
+
+    Images whose store rows carry no boxes or size (SCAN precomp imports) are left out: there is nothing to draw.
+    """
     model, vocab, store = _open(checkpoint, vocab_path, store_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pictures = []
     for image_id, caption, image_file in examples:
-        attention = explain_pair(model, vocab, _record(store, store_dir, image_id), caption)
+        record = _record(store, store_dir, image_id)
+        if 0 in record.image_hw:
+            continue
+        attention = explain_pair(model, vocab, record, caption)
         image = load_image(image_file, attention.image_hw)
         pictures.append(draw_attention(attention, image, out_dir / f"attention_{image_id}.png"))
     return pictures

@@ -37,13 +37,22 @@ from tests.reliability.workspace_builder import region_record
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXTRACTOR_FLAGS = ["--backbone", "R18-C4-demo", "--device", "cpu", "--batch-size", "1", "--min-boxes", "2",
                    "--max-boxes", "4", "--rpn-pre-nms-topk", "100", "--rpn-post-nms-topk", "4", "--workers", "0",
-                   "--shard-size", "2", "--no-progress"]
+                   "--shard-size", "2", "--no-progress", "--torch-threads", "1"]
 CONFIG = ExtractorConfig.for_preset("R18-C4-demo", device="cpu", batch_size=1, min_boxes=2, max_boxes=4,
                                     rpn_pre_nms_topk=100, rpn_post_nms_topk=4)
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Bit-equal results need the same thread count in-process as in the killed subprocess (1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _kill_when(process: subprocess.Popen, ready: Callable[[], bool], delay: float, timeout: float = 120) -> None:
@@ -136,7 +145,7 @@ def training(tmp_path_factory) -> tuple[Path, Callable[[Path], Path], Path]:
     folder = tmp_path_factory.mktemp("training")
     data = folder / "data"
     data.mkdir()
-    _precomp(data, "train", 40, 1, seed=1)
+    _precomp(data, "train", 400, 1, seed=1)  # 40 steps an epoch: long enough to be killed mid-run
     _precomp(data, "dev", 6, 5, seed=2)
     Vocabulary(("<pad>", "<start>", "<end>", "<unk>", *WORDS)).save_scan_json(data / "vocab.json")
 
