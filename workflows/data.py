@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +46,7 @@ class GenerateDemo(DemoParams, ArtifactTask):
 
     def produce(self, out_dir: Path) -> None:
         self.report("drawing the demo images")
-        target = out_dir / DEMO_DIR
-        if target.exists():  # an earlier attempt was interrupted after publishing: start clean
-            shutil.rmtree(target)
-        generate_demo(target, self.demo_config())
+        generate_demo(out_dir / DEMO_DIR, self.demo_config())  # builds aside, then replaces the folder whole
 
 
 class DatasetInputs(DatasetParams, luigi.ExternalTask):
