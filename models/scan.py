@@ -68,14 +68,18 @@ def scores_within_budget(img_emb: Tensor, cap_emb: Tensor, cap_lens: Tensor | Se
     """
     lens = _checked_lengths(cap_lens, cap_emb.size(1), "cap_lens", cap_emb.size(0))
     region_mask = _region_mask(img_emb, img_lens)
-    blocks = [_prepare_captions(cap_emb[index.to(cap_emb.device), :length], options.cross_attn)
-              for length, index in _caption_blocks(lens)]
+    caption_blocks = list(_caption_blocks(lens))
+    order = torch.cat([index for _, index in caption_blocks])
+    # One gather then a split: backward then writes each caption's gradient once, instead of
+    # one full-size zero tensor per block (what indexing cap_emb block by block costs).
+    grouped = cap_emb.index_select(0, order.to(cap_emb.device)).split([index.numel() for _, index in caption_blocks])
+    blocks = [_prepare_captions(part[:, :length], options.cross_attn)
+              for (length, _), part in zip(caption_blocks, grouped)]
     rows = []
     for start, stop in _image_chunks(img_emb, blocks, memory_mb):
         images = _prepare_images(img_emb[start:stop], None if region_mask is None
                                  else region_mask[start:stop], options.cross_attn)
         rows.append(torch.cat([_score_block(images, captions, options) for captions in blocks], dim=1))
-    order = torch.cat([index for _, index in _caption_blocks(lens)])
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel())
     return torch.cat(rows, dim=0)[:, inverse.to(img_emb.device)]
