@@ -11,12 +11,7 @@ from extractors.detector import BottomUpDetector
 from extractors.rpn import cell_anchors
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_r101_layout_matches_the_published_model():

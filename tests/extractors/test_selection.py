@@ -8,13 +8,7 @@ import torch
 from extractors.selection import max_confidence_after_nms, select_regions
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensor loops are slowest when threads fight over a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Boxes 0 and 1 overlap (IoU ~0.82); 2 and 3 stand alone. Columns: background, cat, dog.

@@ -13,13 +13,7 @@ from models.scan import scores_within_budget, xattn_scores
 ALL_OPTIONS = list(itertools.product(("t2i", "i2t"), AGG_FUNCS, RAW_FEATURE_NORMS))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

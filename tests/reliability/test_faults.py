@@ -46,13 +46,8 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Bit-equal results need the same thread count in-process as in the killed subprocess (1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Bit-equal results need the same thread count in-process as in the killed subprocess (1).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _kill_when(process: subprocess.Popen, ready: Callable[[], bool], delay: float, timeout: float = 120) -> None:
