@@ -98,7 +98,7 @@ def shortlist_recall(model, test: CaptionPairs, test_images: int, shortlists) ->
 def demo_part(workspace: Path) -> dict:
     """The same recall comparison on the demo test split, with the demo model the workflow trained."""
     from models.compat import load_model
-    from workflows.model_inputs import split_pairs
+    from models.store_pairs import split_pairs
     [checkpoint] = sorted(workspace.glob("TrainModel/demo-*/model_best.pth"))[:1]
     [store] = sorted(workspace.glob("FeatureStore/demo-*/store"))[:1]
     [captions] = sorted(workspace.glob("PrepareCaptions/demo-*/captions.parquet"))[:1]

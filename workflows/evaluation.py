@@ -17,7 +17,7 @@ from workflows.params import build_config, config_params
 from workflows.presets import variants
 from workflows.training import ModelParams, TrainModel
 from workflows.features import FeatureTask
-from workflows.model_inputs import split_pairs
+from models.store_pairs import split_pairs
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "results.txt"

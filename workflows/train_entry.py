@@ -12,7 +12,7 @@ from pathlib import Path
 from models.config import EvalConfig, ModelConfig, TrainConfig
 from models.train import train
 from pipeline.captions import Vocabulary
-from workflows.model_inputs import split_pairs
+from models.store_pairs import split_pairs
 
 
 def main(spec_path: str) -> None:

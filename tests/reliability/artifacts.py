@@ -1,8 +1,10 @@
-"""What a run leaves behind: temp files of unfinished writes, absolute machine paths inside files."""
+"""What a run leaves behind: temp files of unfinished writes, absolute machine paths, store rows to compare."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import h5py
 
 
 def leftover_temp_files(folder: Path) -> list[str]:
@@ -16,3 +18,13 @@ def machine_paths_in(folder: Path, *paths: Path) -> list[str]:
     needles = {str(path).encode() for path in paths} | {os.path.expanduser("~").encode() + b"/"}
     return sorted(str(file.relative_to(folder)) for file in folder.rglob("*")
                   if file.is_file() and any(needle in file.read_bytes() for needle in needles))
+
+
+def store_rows(store: Path, datasets: tuple[str, ...]) -> dict[str, bytes]:
+    """Every image's bytes in the given shard datasets, keyed by image id: byte-equality of two stores."""
+    rows = {}
+    for shard in sorted((store / "shards").glob("shard-*.h5")):
+        with h5py.File(shard, "r") as handle:
+            for row, image_id in enumerate(handle["image_ids"].asstr()[()]):
+                rows[image_id] = b"".join(handle[name][row].tobytes() for name in datasets)
+    return rows

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import h5py
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,7 +17,7 @@ from extractors.detector import build_detector
 from extractors.extract import InProcessRunner, RunConfig, extract_dataset
 from extractors.loader import ImageFile, images_in_directory
 from pipeline.store import FeatureStore, StoreConfig, verify_store
-from tests.reliability.artifacts import machine_paths_in
+from tests.reliability.artifacts import machine_paths_in, store_rows
 from tests.reliability.bad_files import bad_image_files, odd_but_valid_image_files, one_pixel_png, write_files
 
 # batch_size=1: each image's features depend on that image alone, so stores can be compared row by row.
@@ -39,13 +38,7 @@ def _extract(images: list[ImageFile], store: Path, detector, shard_size: int = 4
 
 
 def _rows(store: Path) -> dict[str, bytes]:
-    rows = {}
-    for shard in sorted((store / "shards").glob("shard-*.h5")):
-        with h5py.File(shard, "r") as handle:
-            for row, image_id in enumerate(handle["image_ids"].asstr()[()]):
-                rows[image_id] = b"".join(handle[name][row].tobytes() for name in
-                                          ("features", "boxes", "num_boxes", "object_ids", "image_hw"))
-    return rows
+    return store_rows(store, ("features", "boxes", "num_boxes", "object_ids", "image_hw"))
 
 
 def _unreadable_file(folder: Path) -> tuple[str, bool]:

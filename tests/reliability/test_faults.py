@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -31,7 +30,7 @@ from models.train import BEST_CHECKPOINT, LAST_CHECKPOINT, run_train_job, write_
 from pipeline.captions import Vocabulary
 from pipeline.store import ShardWriter, StoreConfig, StoreInfo, commit_manifest, init_store, verify_store
 from tests.reliability.bad_files import encoded, photo, write_files
-from tests.reliability.artifacts import leftover_temp_files, machine_paths_in
+from tests.reliability.artifacts import leftover_temp_files, machine_paths_in, store_rows
 from tests.reliability.workspace_builder import region_record
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -83,13 +82,7 @@ def extraction(tmp_path_factory, detector) -> tuple[Path, Path]:
 
 
 def _rows(store: Path) -> dict[str, bytes]:
-    rows = {}
-    for shard in sorted((store / "shards").glob("shard-*.h5")):
-        with h5py.File(shard, "r") as handle:
-            for row, image_id in enumerate(handle["image_ids"].asstr()[()]):
-                rows[image_id] = b"".join(handle[name][row].tobytes() for name in
-                                          ("features", "boxes", "num_boxes", "object_ids", "attr_ids", "object_conf"))
-    return rows
+    return store_rows(store, ("features", "boxes", "num_boxes", "object_ids", "attr_ids", "object_conf"))
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Glue between the pipeline's artifacts and models/: a split's images and captions as CaptionPairs.
+"""A split of a feature store and its caption Parquet as CaptionPairs (what training and evaluation read).
 
 Evaluation pairs caption j with image j // 5 of the split (the reference protocol), so a split is
 served as its own region source, images in caption order, the first 5 captions of each image.
