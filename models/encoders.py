@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from models.config import ModelConfig
 from models.scan import xattn_scores
@@ -79,14 +79,28 @@ class TextEncoder(nn.Module):
         lengths = torch.as_tensor(lengths, dtype=torch.long).cpu()
         packed = pack_padded_sequence(self.embed(captions), lengths, batch_first=True,
                                       enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        cap_emb, _ = pad_packed_sequence(out, batch_first=True, total_length=captions.size(1))
+        words = self.rnn(packed)[0].data  # (real words, directions * embed_size)
         if self.bi_gru:
-            forward_half, backward_half = cap_emb.chunk(2, dim=-1)
-            cap_emb = (forward_half + backward_half) / 2
+            forward_half, backward_half = words.chunk(2, dim=-1)
+            words = (forward_half + backward_half) / 2
         if self.normalise:
-            cap_emb = l2_normalise(cap_emb)
-        return cap_emb, lengths
+            words = l2_normalise(words)
+        return _pad_words(words, packed, lengths, captions.size(1)), lengths
+
+
+def _pad_words(words: Tensor, packed: PackedSequence, lengths: Tensor, width: int) -> Tensor:
+    """Packed per-word rows -> (B, width, D), zero beyond each length, by one gather.
+
+    pad_packed_sequence does the same with one in-place slice copy per distinct length,
+    and autograd then copies the whole padded gradient once per copy (a quarter of a
+    CPU training step); a gather's backward is a single scatter.
+    """
+    starts = torch.cumsum(packed.batch_sizes, 0) - packed.batch_sizes   # first row of each time step
+    positions = torch.arange(width)
+    rows = starts[positions.clamp(max=starts.numel() - 1)][None, :] + packed.unsorted_indices.cpu()[:, None]
+    rows = torch.where(positions[None, :] < lengths[:, None], rows, words.size(0))  # padding -> zero row
+    padded = torch.cat([words, words.new_zeros(1, words.size(1))])
+    return padded.index_select(0, rows.flatten().to(words.device)).view(lengths.numel(), width, -1)
 
 
 class SCANModel(nn.Module):

@@ -70,19 +70,23 @@ def scores_within_budget(img_emb: Tensor, cap_emb: Tensor, cap_lens: Tensor | Se
     region_mask = _region_mask(img_emb, img_lens)
     caption_blocks = list(_caption_blocks(lens))
     order = torch.cat([index for _, index in caption_blocks])
-    # One gather then a split: backward then writes each caption's gradient once, instead of
-    # one full-size zero tensor per block (what indexing cap_emb block by block costs).
-    grouped = cap_emb.index_select(0, order.to(cap_emb.device)).split([index.numel() for _, index in caption_blocks])
-    blocks = [_prepare_captions(part[:, :length], options.cross_attn)
-              for (length, _), part in zip(caption_blocks, grouped)]
-    rows = []
+    # One gather of the real words only, straight into contiguous blocks: no work on padding,
+    # no per-block copies, and backward writes each word's gradient once with one scatter.
+    width, dim = cap_emb.shape[1:]
+    rows = torch.cat([(index[:, None] * width + torch.arange(length)).flatten()
+                      for length, index in caption_blocks])
+    words = cap_emb.reshape(-1, dim).index_select(0, rows.to(cap_emb.device))
+    grouped = words.split([index.numel() * length for length, index in caption_blocks])
+    blocks = [_prepare_captions(part.view(index.numel(), length, dim), options.cross_attn)
+              for (length, index), part in zip(caption_blocks, grouped)]
+    image_rows = []
     for start, stop in _image_chunks(img_emb, blocks, memory_mb):
         images = _prepare_images(img_emb[start:stop], None if region_mask is None
                                  else region_mask[start:stop], options.cross_attn)
-        rows.append(torch.cat([_score_block(images, captions, options) for captions in blocks], dim=1))
+        image_rows.append(torch.cat([_score_block(images, captions, options) for captions in blocks], dim=1))
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel())
-    return torch.cat(rows, dim=0)[:, inverse.to(img_emb.device)]
+    return torch.cat(image_rows, dim=0)[:, inverse.to(img_emb.device)]
 
 
 def _checked_lengths(lengths: Tensor | Sequence[int], limit: int, name: str, count: int) -> Tensor:

@@ -49,13 +49,13 @@ def test_text_encoder_keys_follow_the_reference():
     assert TextEncoder(20, SMALL).embed.weight.abs().max() <= 0.1
 
 
-def test_text_encoder_handles_unsorted_lengths_like_one_caption_at_a_time():
+@pytest.mark.parametrize("lengths, width", [([4, 6, 2], 6), ([3, 1, 3, 2], 7)])
+def test_text_encoder_handles_unsorted_lengths_like_one_caption_at_a_time(lengths, width):
     torch.manual_seed(0)
     encoder = TextEncoder(20, SMALL)
-    captions = torch.randint(0, 20, (3, 6))
-    lengths = [4, 6, 2]
+    captions = torch.randint(0, 20, (len(lengths), width))
     cap_emb, out_lengths = encoder(captions, lengths)
-    assert cap_emb.shape == (3, 6, SMALL.embed_size) and out_lengths.tolist() == lengths
+    assert cap_emb.shape == (len(lengths), width, SMALL.embed_size) and out_lengths.tolist() == lengths
     for row, length in enumerate(lengths):
         words = encoder.embed(captions[row:row + 1, :length])
         out, _ = encoder.rnn(words)                                   # (1, length, 2 * embed)
