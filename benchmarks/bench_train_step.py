@@ -5,7 +5,7 @@ Each variant runs in its own fresh process (spawn), so their memory does not mix
 is the rise of the process's peak resident set size (``ru_maxrss``) over the first step,
 measured from when inputs and model exist: it counts every tensor the step allocates
 (activations kept for backward, temporaries, and the parameters' gradients, the same in
-both variants) on the CPU. Time is the mean of the following steps.
+both variants) on the CPU. Time is the median of the following steps.
 
     .venv/bin/python benchmarks/bench_train_step.py            # batch 128 (as in training)
     .venv/bin/python benchmarks/bench_train_step.py --quick    # batch 32, small dims
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
+import statistics
 import time
 
 import torch
@@ -64,11 +65,12 @@ def measure(size: str, cross_attn: str, reference: bool, steps: int, queue) -> N
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     train_step(model, loss_fn, batch, reference)  # first step: its peak is the one measured
     peak_rise_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         train_step(model, loss_fn, batch, reference)
-    seconds = (time.perf_counter() - start) / steps
-    queue.put((seconds, peak_rise_mib))
+        times.append(time.perf_counter() - start)
+    queue.put((statistics.median(times), peak_rise_mib))
 
 
 def run_isolated(size: str, cross_attn: str, reference: bool, steps: int) -> tuple[float, float]:
@@ -84,7 +86,7 @@ def run_isolated(size: str, cross_attn: str, reference: bool, steps: int) -> tup
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="batch 32 and small dimensions")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per variant (after the measured first step)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after the measured first step)")
     args = parser.parse_args()
     size = "quick" if args.quick else "full"
     setting = CONFIGS[size]
