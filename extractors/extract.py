@@ -29,7 +29,7 @@ from extractors.weights import fetch_weights
 from pipeline.errors import InputError
 from pipeline.store import (RegionRecord, ShardPlan, ShardWriter, StoreConfig, StoreInfo, commit_manifest, init_store,
                             plan_shards, sha256_file)
-from pipeline.store.atomic import is_temp_path
+from pipeline.atomic import is_temp_path
 from pipeline.store.layout import SHARDS_DIR
 
 

@@ -20,7 +20,6 @@ import hashlib
 import io
 import os
 import pickle
-import tempfile
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from extractors.config import BackboneSpec, ExtractorConfig
+from pipeline.atomic import atomic_output
 from pipeline.errors import InputError
 
 RPN_PREFIX = "proposal_generator.rpn_head."
@@ -312,18 +312,14 @@ def _download(url: str, cache_dir: Path, sha256: str) -> Path:
     if target.is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=cache_dir, prefix=f".{name}.", delete=False)
-    try:
-        with handle, urllib.request.urlopen(url) as response:  # noqa: S310 (the user chose this URL)
+    with atomic_output(target) as temporary:
+        with open(temporary, "wb") as handle, urllib.request.urlopen(url) as response:  # noqa: S310 (the user chose this URL)
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as progress:
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     handle.write(chunk)
                     progress.update(len(chunk))
-        _check_sha256(Path(handle.name), sha256)
-        os.replace(handle.name, target)
-    finally:
-        Path(handle.name).unlink(missing_ok=True)
+        _check_sha256(temporary, sha256)
     return target
 
 
@@ -340,6 +336,5 @@ def write_published(native: StateDict, path: Path, weights_format: str, spec: Ba
     else:
         torch.save({"model": published}, buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(buffer.getvalue())
-    os.replace(handle.name, path)
+    with atomic_output(path) as temporary:
+        temporary.write_bytes(buffer.getvalue())

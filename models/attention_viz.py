@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -25,6 +24,7 @@ from PIL import Image
 from models.attention import PairAttention, explain_pair
 from models.compat import load_model
 from models.encoders import SCANModel
+from pipeline.atomic import atomic_output
 from pipeline.captions import SPECIALS, Vocabulary
 from pipeline.errors import InputError
 from pipeline.store import FeatureStore, RegionRecord
@@ -143,11 +143,9 @@ def _panel_rect(index: int, columns: int, width: int, height: int) -> list[float
 
 def _save(figure: Figure, out_png: Path) -> Path:
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_png.with_name(f".{out_png.name}.tmp")
     FigureCanvasAgg(figure)
-    with open(temporary, "wb") as stream:
-        figure.savefig(stream, format="png", dpi=DPI)
-    os.replace(temporary, out_png)
+    with atomic_output(out_png) as temporary:
+        figure.savefig(temporary, format="png", dpi=DPI)
     return out_png
 
 

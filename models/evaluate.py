@@ -24,6 +24,7 @@ from models.config import EvalConfig
 from models.data import CAPTIONS_PER_IMAGE, CaptionPairs, pad_captions
 from models.encoders import SCANModel
 from models.scan import scores_within_budget
+from pipeline.atomic import atomic_output, write_text_atomic
 
 RECALL_AT = (1, 5, 10)
 FOLD_IMAGES = 1000
@@ -170,13 +171,10 @@ def save_results(results: dict, ranks: dict[str, np.ndarray], json_path: str | P
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     for direction, values in ranks.items():
-        target = json_path.with_name(f"{json_path.stem}_{direction}_ranks.npy")
-        temporary = target.with_name(target.name + ".tmp.npy")
-        np.save(temporary, values)
-        temporary.replace(target)
-    temporary = json_path.with_name(json_path.name + ".tmp")
-    temporary.write_text(json.dumps(results, indent=2))
-    temporary.replace(json_path)
+        with atomic_output(json_path.with_name(f"{json_path.stem}_{direction}_ranks.npy")) as temporary:
+            with open(temporary, "wb") as stream:  # a file object: np.save would add ".npy" to a path
+                np.save(stream, values)
+    write_text_atomic(json_path, json.dumps(results, indent=2))
 
 
 def _rsum(i2t: dict[str, float], t2i: dict[str, float]) -> float:

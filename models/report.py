@@ -8,7 +8,6 @@ TensorBoard scalars ``train/loss`` under ``tensorboard/``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pipeline.atomic import atomic_output, write_text_atomic
 from pipeline.errors import InputError
 
 RECALLS = ("r1", "r5", "r10")
@@ -115,10 +115,8 @@ def plot_curves(logs: Sequence[EpochLog], out_png: Path) -> Path:
     rsum_ax.set(title="dev rsum", xlabel="epoch", ylabel="R@1+5+10, both directions")
     figure.tight_layout()
     FigureCanvasAgg(figure)
-    temporary = out_png.with_name(f".{out_png.name}.tmp")
-    with open(temporary, "wb") as stream:
-        figure.savefig(stream, format="png")
-    os.replace(temporary, out_png)
+    with atomic_output(out_png) as temporary:
+        figure.savefig(temporary, format="png")
     return out_png
 
 
@@ -149,9 +147,7 @@ def write_report(out_dir: str | PathLike[str], eval_results: Mapping[str, Mappin
         sections += ["## Attention", *(f"![{Path(p).stem}]({_copy_example(Path(p), out_dir)})"
                                        for p in attention_examples)]
     report = out_dir / "report.md"
-    temporary = report.with_name(".report.md.tmp")
-    temporary.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
-    os.replace(temporary, report)
+    write_text_atomic(report, "\n\n".join(sections) + "\n")
     return report
 
 

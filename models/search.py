@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from os import PathLike
@@ -21,6 +20,7 @@ from models.compat import load_model
 from models.data import pad_captions
 from models.encoders import SCANModel
 from models.retrieval import MODES, Embeddings, Ranking, pooled, search
+from pipeline.atomic import write_text_atomic
 from pipeline.captions import Vocabulary, read_captions, tokenize
 from pipeline.errors import InputError
 from pipeline.store import FeatureStore
@@ -194,9 +194,7 @@ def save_results(results: Sequence[QueryResult], config: SearchConfig, path: str
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {"config": asdict(config), "queries": [asdict(result) for result in results]}
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(document, indent=2), encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(document, indent=2))
     return path
 
 

@@ -36,6 +36,7 @@ from models.data import CaptionBatch, CaptionPairs, first_images
 from models.encoders import SCANModel
 from models.evaluate import evaluate_models
 from models.loss import ContrastiveLoss
+from pipeline.atomic import write_text_atomic
 from pipeline.captions import Vocabulary
 from pipeline.errors import InputError
 
@@ -121,7 +122,7 @@ def write_train_job(path: str | PathLike[str], *, model_config: ModelConfig, tra
            "out_dir": str(out_dir)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps(job, indent=2))
+    write_text_atomic(path, json.dumps(job, indent=2))
     return path
 
 
@@ -284,7 +285,7 @@ def _validate_and_save(state: _TrainingState, dev_pairs: CaptionPairs, eval_conf
     if improved:  # best first: a crash before the last checkpoint redoes this epoch and rewrites both
         _atomic_save(payload, state.out_dir / BEST_CHECKPOINT)
     _atomic_save(payload, state.out_dir / LAST_CHECKPOINT)
-    _atomic_write_text(state.out_dir / SUMMARY, json.dumps(state.summary(), indent=2))
+    write_text_atomic(state.out_dir / SUMMARY, json.dumps(state.summary(), indent=2))
     if progress is not None:
         progress({"epoch": state.epoch, "step": state.step, "rsum": results["rsum"], "done": True})
 
@@ -295,12 +296,6 @@ def _atomic_save(payload: dict[str, Any], target: Path) -> None:
         torch.save(payload, handle)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(temporary, target)
-
-
-def _atomic_write_text(target: Path, text: str) -> None:
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(text)
     os.replace(temporary, target)
 
 

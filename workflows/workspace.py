@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import luigi
 
-from pipeline.store.atomic import write_text_atomic
+from pipeline.atomic import write_text_atomic
 
 MARKER = "_COMPLETE.json"
 WORKSPACE_ENV = "SCAN_WORKSPACE"

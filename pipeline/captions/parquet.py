@@ -7,13 +7,13 @@ image order, then caption order, so row i of a split is stable across runs.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.atomic import atomic_output
 from pipeline.captions.tokenizer import tokenize
 from pipeline.captions.vocabulary import Vocabulary
 from pipeline.datasets import SPLITS, Dataset
@@ -48,16 +48,9 @@ def write_captions(dataset: Dataset, vocab: Vocabulary, path: str | os.PathLike[
                    row_group_size: int = DEFAULT_ROW_GROUP_SIZE) -> Path:
     """Tokenises and encodes every caption into `path` (temp file + rename: no half-written file)."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        with pq.ParquetWriter(temporary, SCHEMA) as writer:
-            for batch in _batches(dataset, vocab, row_group_size):
-                writer.write_batch(batch, row_group_size=row_group_size)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_output(path) as temporary, pq.ParquetWriter(temporary, SCHEMA) as writer:
+        for batch in _batches(dataset, vocab, row_group_size):
+            writer.write_batch(batch, row_group_size=row_group_size)
     return path
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from pipeline.atomic import write_text_atomic
 from pipeline.errors import InputError, MissingDataError
 
 SCAN_VOCAB_HINT = ("SCAN's own vocabularies (f30k_precomp_vocab.json, coco_precomp_vocab.json) come with its data, "
@@ -69,14 +69,7 @@ class Vocabulary:
         path = Path(path)
         document = {"idx2word": {str(index): word for index, word in enumerate(self.idx2word)},
                     "word2idx": self.word2idx, "idx": len(self)}
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                json.dump(document, stream, ensure_ascii=False)
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        write_text_atomic(path, json.dumps(document, ensure_ascii=False))
 
     def __len__(self) -> int:
         return len(self.idx2word)

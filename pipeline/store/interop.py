@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.store.atomic import atomic_output, write_text_atomic
+from pipeline.atomic import atomic_output, write_text_atomic
 from pipeline.store.layout import StoreInfo, completed_shards, init_store
 from pipeline.store.planning import commit_manifest
 from pipeline.store.reader import FeatureStore

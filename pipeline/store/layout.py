@@ -17,7 +17,7 @@ from typing import Any, Optional
 import h5py
 
 from pipeline.errors import InputError
-from pipeline.store.atomic import write_text_atomic
+from pipeline.atomic import write_text_atomic
 from pipeline.store.config import FEATURE_DTYPES
 from pipeline.store.hashing import canonical_json
 

@@ -14,7 +14,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from pipeline.store.atomic import write_parquet_atomic
+from pipeline.atomic import write_parquet_atomic
 from pipeline.store.layout import FAILURES, MANIFEST, completed_shards, open_shard, shard_path
 
 MANIFEST_SCHEMA = pa.schema([("image_id", pa.string()), ("relpath", pa.string()), ("sha256", pa.string()),

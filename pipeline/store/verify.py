@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
-from pipeline.store.atomic import is_temp_path
+from pipeline.atomic import is_temp_path
 from pipeline.store.layout import MANIFEST, SHARDS_DIR, StoreInfo, completed_shards, open_shard, read_store_info, shard_info
 from pipeline.store.planning import MANIFEST_SCHEMA, newest_entries
 

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.store.atomic import publish, temp_path_for
+from pipeline.atomic import publish, temp_path_for
 from pipeline.store.layout import STORE_JSON, StoreInfo, check_same_store, read_store_info, shard_path
 from pipeline.store.records import RegionRecord
 
