@@ -64,6 +64,7 @@ class EvalConfig:
     split: str = field(default="test", metadata={"help": "Split to evaluate: dev | test (COCO: testall for the 5K images)."})
     fold5: bool = field(default=False, metadata={"help": "COCO: average over five 1K folds instead of the full 5K."})
     score_memory_mb: int = field(default=1024, metadata={"help": "Memory budget for one chunk of the similarity computation."})
+    fused_scores: bool = field(default=True, metadata={"help": "Score large CPU evaluations with the fused C++ kernel (built once on first use; needs a C++ compiler, else eager PyTorch)."})
     batch_size: int = field(default=128, metadata={"help": "Batch size for encoding images and captions."})
 
 

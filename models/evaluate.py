@@ -69,7 +69,8 @@ def similarity_matrix(model: SCANModel, encoded: Encoded, config: EvalConfig,
     """(n_img, n_cap) float32 scores of the selected images and captions, chunked by memory budget."""
     scores = scores_within_budget(encoded.img_emb[images], encoded.cap_emb[captions],
                                   encoded.cap_lens[captions], model.config,
-                                  img_lens=encoded.img_lens[images], memory_mb=config.score_memory_mb)
+                                  img_lens=encoded.img_lens[images], memory_mb=config.score_memory_mb,
+                                  fused_kernel=None if config.fused_scores else False)
     return scores.float().cpu().numpy()
 
 

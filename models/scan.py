@@ -11,6 +11,10 @@ Captions are grouped into buckets of equal length, so one matmul per bucket cove
 real words and all normalisations are dense reductions. Images and captions are chunked so
 each block stays within a memory budget. The function is differentiable (training uses it)
 and computes in the input dtype (bf16 inputs give a bf16 scoring mode).
+
+Large float32 CPU computations without gradients (evaluation, search) hand each block's
+similarities to a fused C++ kernel (``models.fused``) that does everything after the matmul in
+one pass; the PyTorch code below stays the definition, the training path and the fallback.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from models import fused
 from models.config import ModelConfig
 
 EPS = 1e-8             # the reference's eps for l1/l2 norms and for cosine similarity
@@ -27,6 +32,7 @@ DEFAULT_MEMORY_MB = 256
 LIVE_BLOCK_COPIES = 8  # block-sized tensors alive at once (autograd keeps most of them)
 WORDS_PER_BLOCK = 2048  # caption words per block at most
 CACHE_BLOCK_ELEMENTS = 2**20  # block size (regions x words) that keeps elementwise passes in cache
+FUSED_MIN_PRODUCTS = 2**27  # region-word products from which building the fused kernel once pays off
 
 
 @dataclass(frozen=True)
@@ -35,8 +41,8 @@ class _Images:
 
     emb: Tensor           # (I, R, d), padded regions zeroed
     mask: Tensor | None   # (I, R) True on real regions; None when all are real
-    gram: Tensor | None   # (I, R, R) for t2i
-    norms: Tensor         # (I, R) region norms, for i2t
+    gram: Tensor | None   # (I, R, R) for t2i; columns zero-padded (fused.padded_gram) on the fused path
+    sq_norms: Tensor      # (I, R) squared region norms, for i2t
 
 
 @dataclass(frozen=True)
@@ -60,11 +66,13 @@ def xattn_scores(img_emb: Tensor, cap_emb: Tensor, cap_lens: Tensor | Sequence[i
 
 def scores_within_budget(img_emb: Tensor, cap_emb: Tensor, cap_lens: Tensor | Sequence[int],
                          options: ModelConfig, *, img_lens: Tensor | Sequence[int] | None = None,
-                         memory_mb: int = DEFAULT_MEMORY_MB) -> Tensor:
+                         memory_mb: int = DEFAULT_MEMORY_MB, fused_kernel: bool | None = None) -> Tensor:
     """As ``xattn_scores`` with the attention options of ``options`` and a memory budget per block.
 
     ``memory_mb`` bounds the block-sized intermediates of one (image chunk, caption block);
-    evaluation passes ``EvalConfig.score_memory_mb``.
+    evaluation passes ``EvalConfig.score_memory_mb``. ``fused_kernel``: None uses the fused
+    kernel where it applies (float32 CPU inference) and the computation is large enough to pay
+    for building it once; True uses it wherever it applies; False never.
     """
     lens = _checked_lengths(cap_lens, cap_emb.size(1), "cap_lens", cap_emb.size(0))
     region_mask = _region_mask(img_emb, img_lens)
@@ -77,13 +85,15 @@ def scores_within_budget(img_emb: Tensor, cap_emb: Tensor, cap_lens: Tensor | Se
                       for length, index in caption_blocks])
     words = cap_emb.reshape(-1, dim).index_select(0, rows.to(cap_emb.device))
     grouped = words.split([index.numel() * length for length, index in caption_blocks])
+    use_fused = _fused_applies(fused_kernel, img_emb, cap_emb, rows.numel())
     blocks = [_prepare_captions(part.view(index.numel(), length, dim), options.cross_attn)
               for (length, index), part in zip(caption_blocks, grouped)]
+    score_block = _fused_block if use_fused else _score_block
     image_rows = []
     for start, stop in _image_chunks(img_emb, blocks, memory_mb):
         images = _prepare_images(img_emb[start:stop], None if region_mask is None
-                                 else region_mask[start:stop], options.cross_attn)
-        image_rows.append(torch.cat([_score_block(images, captions, options) for captions in blocks], dim=1))
+                                 else region_mask[start:stop], options.cross_attn, use_fused)
+        image_rows.append(torch.cat([score_block(images, captions, options) for captions in blocks], dim=1))
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel())
     return torch.cat(image_rows, dim=0)[:, inverse.to(img_emb.device)]
@@ -128,15 +138,37 @@ def _image_chunks(img_emb: Tensor, blocks: list[_Captions], memory_mb: int) -> I
         yield start, min(start + size, n_img)
 
 
-def _prepare_images(img_emb: Tensor, mask: Tensor | None, cross_attn: str) -> _Images:
+def _fused_applies(requested: bool | None, img_emb: Tensor, cap_emb: Tensor, n_words: int) -> bool:
+    """Float32 CPU inference with at most fused.MAX_REGIONS regions (and, unless requested, large)."""
+    if requested is False:
+        return False
+    needs_grad = torch.is_grad_enabled() and (img_emb.requires_grad or cap_emb.requires_grad)
+    applies = (not needs_grad and img_emb.device.type == cap_emb.device.type == "cpu"
+               and img_emb.dtype == cap_emb.dtype == torch.float32 and fused.handles(img_emb.shape[1]))
+    large = img_emb.shape[0] * img_emb.shape[1] * n_words >= FUSED_MIN_PRODUCTS
+    return applies and (requested or large) and fused.available()
+
+
+def _prepare_images(img_emb: Tensor, mask: Tensor | None, cross_attn: str, use_fused: bool) -> _Images:
     emb = img_emb if mask is None else torch.where(mask[..., None], img_emb, 0.0)
     gram = torch.bmm(emb, emb.transpose(1, 2)) if cross_attn == "t2i" else None
-    return _Images(emb, mask, gram, torch.linalg.vector_norm(emb, dim=2))
+    if gram is not None and use_fused:
+        gram = fused.padded_gram(gram)
+    return _Images(emb, mask, gram, emb.pow(2).sum(dim=2))
 
 
 def _prepare_captions(emb: Tensor, cross_attn: str) -> _Captions:
     gram = torch.bmm(emb, emb.transpose(1, 2)) if cross_attn == "i2t" else None
     return _Captions(emb, emb.pow(2).sum(dim=2), gram)
+
+
+def _fused_block(images: _Images, captions: _Captions, options: ModelConfig) -> Tensor:
+    """As ``_score_block`` through the fused kernel: one matmul, then one pass per pair."""
+    (n_img, n_regions, dim), (n_cap, length, _) = images.emb.shape, captions.emb.shape
+    sim = (captions.emb.reshape(-1, dim) @ images.emb.reshape(-1, dim).T).view(n_cap, length, n_img, n_regions)
+    if options.cross_attn == "t2i":
+        return fused.text_to_image(sim, images.gram, captions.sq_norms, images.mask, options).T
+    return fused.image_to_text(sim, captions.gram, images.sq_norms, images.mask, options).T
 
 
 def _score_block(images: _Images, captions: _Captions, options: ModelConfig) -> Tensor:
@@ -173,7 +205,7 @@ def _image_to_text(images: _Images, captions: _Captions, options: ModelConfig) -
     numerator = torch.linalg.vecdot(attn, sim, dim=1)                      # (C, I, R)
     gram_attn = torch.bmm(captions.gram, attn.view(n_cap, length, -1)).view_as(attn)
     context_sq = torch.linalg.vecdot(attn, gram_attn, dim=1)               # ||sum_w a_w e_w||^2
-    cosine = _cosine(numerator, images.norms.pow(2) * context_sq)
+    cosine = _cosine(numerator, images.sq_norms * context_sq)
     return _aggregate(cosine, options, dim=2, mask=mask).T
 
 
