@@ -2,9 +2,11 @@
 
 Synthetic 1K-test-sized data (1000 images x 5000 captions, R=36, d=1024, Flickr30K-like
 caption lengths), where each caption's words are noisy copies of its image's regions, so
-retrieval recall is meaningful. Prints times and ratios measured in the same run, plus the
-bf16 scoring mode's speed and its effect on R@1/5/10. Each fp32 time (reference, ours, matmul) is the best of
-``--repeats`` runs: on a shared machine the noise is larger than the differences measured.
+retrieval recall is meaningful. Prints times and ratios measured in the same run: xattn_scores
+as called (float32 on the CPU: the fused kernel of models.fused) and its eager PyTorch path,
+plus the bf16 scoring mode's speed and its effect on R@1/5/10. Each fp32 time (reference,
+ours, matmul) is the best of ``--repeats`` runs: on a shared machine the noise is larger than
+the differences measured.
 
     .venv/bin/python benchmarks/bench_scores.py            # full size (minutes)
     .venv/bin/python benchmarks/bench_scores.py --quick    # small size (seconds)
@@ -19,8 +21,10 @@ import torch
 from torch import Tensor
 from torch.nn.functional import normalize
 
+from models import fused
+from models.config import ModelConfig
 from models.reference import reference_xattn_scores
-from models.scan import xattn_scores
+from models.scan import scores_within_budget, xattn_scores
 
 ATTENTION = {"t2i": dict(cross_attn="t2i", lambda_softmax=9.0), "i2t": dict(cross_attn="i2t", lambda_softmax=4.0)}
 
@@ -85,6 +89,9 @@ def run(n_img: int, per_image: int, ref_captions: int, dim: int, noise: float, r
     print(f"{n_img} images x {n_cap} captions, R=36, d={dim}, {int(lengths.sum())} real words "
           f"(mean length {lengths.float().mean():.1f}, max {int(lengths.max())}), "
           f"{torch.get_num_threads()} threads, best of {repeats} runs")
+    t_kernel, ready = timed(fused.available)
+    print(f"fused kernel {'ready' if ready else 'UNAVAILABLE (eager PyTorch only)'} in {t_kernel:.1f} s "
+          "(built on first use on a machine, then loaded from the torch extensions cache)")
     with torch.no_grad():
         t_matmul, _ = timed(lambda: region_word_matmul(images, captions, lengths), repeats)
         print(f"big matmul (all regions x all real words, fp32): {t_matmul:.2f} s")
@@ -94,13 +101,17 @@ def run(n_img: int, per_image: int, ref_captions: int, dim: int, noise: float, r
                                repeats)
             t_ref_full = t_ref * n_cap / ref_captions
             t_fast, fast = timed(lambda: xattn_scores(images, captions, lengths, **options), repeats)
+            t_eager, _ = timed(lambda: scores_within_budget(images, captions, lengths, ModelConfig(**options),
+                                                            fused_kernel=False), repeats)
             t_bf16, low = timed(lambda: xattn_scores(images.bfloat16(), captions.bfloat16(), lengths, **options))
             error = (fast[:, subset] - ref).abs().max().item()
             print(f"[{name}] reference: {t_ref:.2f} s on {ref_captions} captions -> {t_ref_full:.1f} s "
-                  f"scaled linearly to {n_cap}; xattn_scores fp32: {t_fast:.2f} s; bf16: {t_bf16:.2f} s")
+                  f"scaled linearly to {n_cap}; xattn_scores fp32: {t_fast:.2f} s (eager path {t_eager:.2f} s); "
+                  f"bf16: {t_bf16:.2f} s")
             print(f"[{name}] speed-up over reference: {t_ref_full / t_fast:.1f}x (target >= 5x); "
-                  f"xattn / big matmul: {t_fast / t_matmul:.2f}x (target <= 1.3x); "
-                  f"fp32 / bf16 time: {t_fast / t_bf16:.2f}x; max |fast - reference| = {error:.2e}")
+                  f"xattn / big matmul: {t_fast / t_matmul:.2f}x (target <= 1.3x; eager path "
+                  f"{t_eager / t_matmul:.2f}x); fp32 / bf16 time: {t_fast / t_bf16:.2f}x; "
+                  f"max |fast - reference| = {error:.2e}")
             fp32_recall, bf16_recall = recall_at(fast, per_image), recall_at(low.float(), per_image)
             print(f"[{name}] recall fp32: " + ", ".join(f"{k} {v:.1f}" for k, v in fp32_recall.items()))
             print(f"[{name}] recall bf16: " + ", ".join(f"{k} {v:.1f}" for k, v in bf16_recall.items()))
