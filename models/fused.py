@@ -72,18 +72,14 @@ def _option_args(options: ModelConfig) -> tuple[int, int, float, float]:
 
 
 def _loaded():
-    if _kernel() is None:
+    if not available():
         raise RuntimeError("the fused scoring kernel is not available on this machine")
     return torch.ops.scan_fused
 
 
+@functools.cache
 def available() -> bool:
     """Builds (first call on this machine) or loads the kernel; False, logged once, where that fails."""
-    return _kernel() is not None
-
-
-@functools.cache
-def _kernel() -> object | None:
     from torch.utils.cpp_extension import load  # imports setuptools machinery: only when needed
 
     _put_ninja_on_path()
@@ -93,8 +89,8 @@ def _kernel() -> object | None:
     except Exception as error:  # no compiler, no ninja, an unsupported platform: eager scoring is exact too
         first_line = next(iter(str(error).splitlines()), type(error).__name__)
         _log.warning("fused SCAN scoring kernel unavailable (%s); scoring uses eager PyTorch", first_line)
-        return None
-    return torch.ops.scan_fused
+        return False
+    return True
 
 
 def _put_ninja_on_path() -> None:

@@ -253,12 +253,34 @@ int64_t lane_groups(int64_t n, const char* what) {
   return groups;
 }
 
+// Scores every pair (p, n) of sim (P, M, N, L) in parallel: score(p, n, rows, scratch), where
+// rows[m] points at the L values of row (p, m, n) and scratch holds scratch_floats floats.
+// Returns the (P, N) scores.
+template <typename Score>
+at::Tensor score_pairs(const at::Tensor& sim, int64_t scratch_floats, const Score& score) {
+  const int64_t P = sim.size(0), M = sim.size(1), N = sim.size(2), L = sim.size(3);
+  const float* S = sim.data_ptr<float>();
+  at::Tensor out = at::empty({P, N}, sim.options());
+  float* O = out.data_ptr<float>();
+  at::parallel_for(0, P * N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(scratch_floats);
+    std::vector<const float*> rows(M);
+    for (int64_t pair = begin; pair < end; ++pair) {  // consecutive pairs share cache lines of sim
+      const int64_t p = pair / N, n = pair % N;
+      for (int64_t m = 0; m < M; ++m) rows[m] = S + ((p * M + m) * N + n) * L;
+      O[pair] = score(p, n, rows.data(), scratch.data());
+    }
+  });
+  return out;
+}
+
 // sim (B, Q, A, K): row (b, q, a) holds query q of owner b against the K contexts of owner a.
 // gram (A, K, Kp): context Gram matrices, columns zero-padded to Kp = V * ceil(K / V).
 // query_sq (B, Q): squared query norms. context_mask (A, K): True on real contexts.
 // Returns (B, A) scores.
 at::Tensor contexts_in_lanes(const at::Tensor& sim, const at::Tensor& gram, const at::Tensor& query_sq,
-                             const std::optional<at::Tensor>& context_mask, int64_t raw_norm, int64_t agg, double lambda_softmax, double lambda_lse) {
+                             const std::optional<at::Tensor>& context_mask, int64_t raw_norm, int64_t agg,
+                             double lambda_softmax, double lambda_lse) {
   TORCH_CHECK(sim.dim() == 4, "sim: expected (B, Q, A, K)");
   const int64_t B = sim.size(0), Q = sim.size(1), A = sim.size(2), K = sim.size(3);
   const int64_t groups = lane_groups(K, "contexts"), Kp = groups * V;
@@ -267,31 +289,22 @@ at::Tensor contexts_in_lanes(const at::Tensor& sim, const at::Tensor& gram, cons
   check(gram, "gram", at::kFloat, {A, K, Kp});
   check(query_sq, "query_sq", at::kFloat, {B, Q});
   if (context_mask) check(*context_mask, "context_mask", at::kBool, {A, K});
-  const float* S = sim.data_ptr<float>();
   const float* G = gram.data_ptr<float>();
   const float* SQ = query_sq.data_ptr<float>();
   const bool* cmask = context_mask ? context_mask->data_ptr<bool>() : nullptr;
-  at::Tensor out = at::empty({B, A}, sim.options());
-  float* O = out.data_ptr<float>();
   const PairFn pair_fn = kPairFns[groups - 1];
-  at::parallel_for(0, A * B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(Q * Kp + Q);
-    std::vector<const float*> rows(Q);
-    for (int64_t pair = begin; pair < end; ++pair) {  // consecutive pairs share cache lines of sim
-      const int64_t b = pair / A, a = pair % A;
-      for (int64_t q = 0; q < Q; ++q) rows[q] = S + ((b * Q + q) * A + a) * K;
-      O[pair] = pair_fn(rows.data(), Q, K, G + a * K * Kp, cmask ? cmask + a * K : nullptr, SQ + b * Q, o,
-                        scratch.data(), scratch.data() + Q * Kp);
-    }
+  return score_pairs(sim, Q * Kp + Q, [&](int64_t b, int64_t a, const float* const* rows, float* scratch) {
+    return pair_fn(rows, Q, K, G + a * K * Kp, cmask ? cmask + a * K : nullptr, SQ + b * Q, o, scratch,
+                   scratch + Q * Kp);
   });
-  return out;
 }
 
 // sim (A, K, B, Q): row (a, k, b) holds context k of owner a against the Q queries of owner b.
 // gram (A, K, K): context Gram matrices. query_sq (B, Q): squared query norms. query_mask
 // (B, Q): True on real queries. Returns (A, B) scores.
 at::Tensor queries_in_lanes(const at::Tensor& sim, const at::Tensor& gram, const at::Tensor& query_sq,
-                            const std::optional<at::Tensor>& query_mask, int64_t raw_norm, int64_t agg, double lambda_softmax, double lambda_lse) {
+                            const std::optional<at::Tensor>& query_mask, int64_t raw_norm, int64_t agg,
+                            double lambda_softmax, double lambda_lse) {
   TORCH_CHECK(sim.dim() == 4, "sim: expected (A, K, B, Q)");
   const int64_t A = sim.size(0), K = sim.size(1), B = sim.size(2), Q = sim.size(3);
   const int64_t groups = lane_groups(Q, "queries"), Qp = groups * V;
@@ -300,24 +313,13 @@ at::Tensor queries_in_lanes(const at::Tensor& sim, const at::Tensor& gram, const
   check(gram, "gram", at::kFloat, {A, K, K});
   check(query_sq, "query_sq", at::kFloat, {B, Q});
   if (query_mask) check(*query_mask, "query_mask", at::kBool, {B, Q});
-  const float* S = sim.data_ptr<float>();
   const float* G = gram.data_ptr<float>();
   const float* SQ = query_sq.data_ptr<float>();
   const bool* qmask = query_mask ? query_mask->data_ptr<bool>() : nullptr;
-  at::Tensor out = at::empty({A, B}, sim.options());
-  float* O = out.data_ptr<float>();
   const QueryLanesFn pair_fn = kQueryLanesFns[groups - 1];
-  at::parallel_for(0, A * B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(2 * K * Qp);
-    std::vector<const float*> rows(K);
-    for (int64_t pair = begin; pair < end; ++pair) {  // consecutive pairs share cache lines of sim
-      const int64_t a = pair / B, b = pair % B;
-      for (int64_t k = 0; k < K; ++k) rows[k] = S + ((a * K + k) * B + b) * Q;
-      O[pair] = pair_fn(rows.data(), K, Q, G + a * K * K, qmask ? qmask + b * Q : nullptr, SQ + b * Q, o,
-                        scratch.data());
-    }
+  return score_pairs(sim, 2 * K * Qp, [&](int64_t a, int64_t b, const float* const* rows, float* scratch) {
+    return pair_fn(rows, K, Q, G + a * K * K, qmask ? qmask + b * Q : nullptr, SQ + b * Q, o, scratch);
   });
-  return out;
 }
 
 }  // namespace
