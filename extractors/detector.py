@@ -20,6 +20,7 @@ from extractors.roi_heads import RegionPredictions, Res5ROIHeads
 from extractors.rpn import RegionProposalNetwork
 from extractors.selection import select_regions
 from extractors.weights import load_weights
+from pipeline.devices import resolve_device
 
 AMP_TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -39,12 +40,6 @@ class DetectorOutput:
     object_conf: np.ndarray
     attr_ids: np.ndarray
     attr_conf: np.ndarray
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class BottomUpDetector(nn.Module):

@@ -20,7 +20,9 @@ from tqdm import tqdm
 
 from extractors.config import ExtractorConfig
 from extractors.detector import build_detector
-from extractors.extract import DaskConfig, RunConfig, ShardJob, ShardResult, extract_shard
+from extractors.extract import DaskConfig, RunConfig, ShardResult, extract_shard
+from extractors.plan import ShardJob
+from pipeline.devices import resolve_device
 
 PLUGIN_NAME = "scan-pipeline-detector"
 
@@ -41,7 +43,7 @@ class DetectorPlugin(WorkerPlugin):
 
 
 def uses_gpu(config: ExtractorConfig) -> bool:
-    return config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
+    return resolve_device(config.device).type == "cuda"
 
 
 def _run_shard_on_worker(job: ShardJob, config: ExtractorConfig, run: RunConfig) -> ShardResult:

@@ -36,8 +36,9 @@ from models.data import CaptionBatch, CaptionPairs, first_images
 from models.encoders import SCANModel
 from models.evaluate import evaluate_models
 from models.loss import ContrastiveLoss
-from pipeline.atomic import write_text_atomic
+from pipeline.atomic import atomic_output, remove_abandoned_temp_files, write_text_atomic
 from pipeline.captions import Vocabulary
+from pipeline.devices import resolve_device
 from pipeline.errors import InputError
 
 LAST_CHECKPOINT = "checkpoint.pth"
@@ -144,21 +145,12 @@ def run_train_job(path: str | PathLike[str], progress: Progress | None = None) -
 
 def _start_ranks(config: TrainConfig) -> Ranks:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = _device(config.device, int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else None)
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else None)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return Ranks(dist.get_rank() if world > 1 else 0, world, device)
-
-
-def _device(name: str, local_rank: int | None) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and local_rank is not None and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
 
 
 class _TrainingState:
@@ -179,6 +171,8 @@ class _TrainingState:
                out_dir: Path) -> _TrainingState:
         _seed_everything(config.seed)
         state = cls(SCANModel(vocab_size, model_config).to(ranks.device), config, vocab_size, ranks, out_dir)
+        if ranks.is_main:  # one trainer per run folder: a temp checkpoint found now was left by a killed run
+            remove_abandoned_temp_files(out_dir)
         if (out_dir / LAST_CHECKPOINT).is_file():
             state.restore(read_checkpoint(out_dir / LAST_CHECKPOINT))
         return state
@@ -283,20 +277,16 @@ def _validate_and_save(state: _TrainingState, dev_pairs: CaptionPairs, eval_conf
     state.out_dir.mkdir(parents=True, exist_ok=True)
     payload = state.payload()
     if improved:  # best first: a crash before the last checkpoint redoes this epoch and rewrites both
-        _atomic_save(payload, state.out_dir / BEST_CHECKPOINT)
-    _atomic_save(payload, state.out_dir / LAST_CHECKPOINT)
+        _save_checkpoint(payload, state.out_dir / BEST_CHECKPOINT)
+    _save_checkpoint(payload, state.out_dir / LAST_CHECKPOINT)
     write_text_atomic(state.out_dir / SUMMARY, json.dumps(state.summary(), indent=2))
     if progress is not None:
         progress({"epoch": state.epoch, "step": state.step, "rsum": results["rsum"], "done": True})
 
 
-def _atomic_save(payload: dict[str, Any], target: Path) -> None:
-    temporary = target.with_name(f".{target.name}.tmp")
-    with open(temporary, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, target)
+def _save_checkpoint(payload: dict[str, Any], target: Path) -> None:
+    with atomic_output(target) as temporary:
+        torch.save(payload, temporary)
 
 
 def _seed_everything(seed: int) -> None:

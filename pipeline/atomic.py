@@ -19,6 +19,18 @@ def is_temp_path(path: Path) -> bool:
     return ".tmp-" in path.name
 
 
+def remove_abandoned_temp_files(folder: Path, final_name: str = "") -> None:
+    """Delete the temp files in `folder` (only those of `final_name`, if given) whose writer died.
+
+    Left by kill -9 or a power loss, they are never read. Only call this where one writer owns
+    the folder (or that final file), so that every temp file found is abandoned.
+    """
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if is_temp_path(path) and path.name.startswith(final_name) and path.is_file():
+                path.unlink(missing_ok=True)
+
+
 def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Optional
 import luigi
 from luigi.task import flatten
 
-from workflows.workspace import MARKER, artifact_key, workspace_root, write_json_atomic
+from pipeline.workspace import MARKER, artifact_key, workspace_root, write_marker
 
 log = logging.getLogger("luigi-interface")
 
@@ -38,7 +38,7 @@ class ArtifactTask(luigi.Task):
 
     @property
     def artifact_dir(self) -> Path:
-        return workspace_root() / self.key()
+        return configured_workspace() / self.key()
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(self.artifact_dir / MARKER))
@@ -50,9 +50,8 @@ class ArtifactTask(luigi.Task):
         produced = self.produce(out_dir)
         if inspect.isgenerator(produced):
             yield from produced
-        write_json_atomic(out_dir / MARKER, {"task_id": self.task_id, "key": self.key(),
-                                             "settings": self.settings(),
-                                             "upstream": sorted(task.key() for task in self.upstream())})
+        write_marker(out_dir, task_id=self.task_id, key=self.key(), settings=self.settings(),
+                     upstream=[task.key() for task in self.upstream()])
 
     def produce(self, out_dir: Path) -> Optional[Iterator[Any]]:
         raise NotImplementedError
@@ -63,6 +62,11 @@ class ArtifactTask(luigi.Task):
         if percentage is not None:
             self.set_progress_percentage(percentage)
         log.info("%s: %s", self.task_id, message)
+
+
+def configured_workspace() -> Path:
+    """The workspace root: $SCAN_WORKSPACE, else luigi.cfg `[scan] workspace`, else ./workspace."""
+    return workspace_root(luigi.configuration.get_config().get("scan", "workspace", None))
 
 
 def config_settings(config: Any) -> dict[str, Any]:

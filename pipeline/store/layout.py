@@ -19,7 +19,7 @@ import h5py
 from pipeline.errors import InputError
 from pipeline.atomic import write_text_atomic
 from pipeline.store.config import FEATURE_DTYPES
-from pipeline.store.hashing import canonical_json
+from pipeline.hashing import canonical_json
 
 FORMAT_VERSION = 1
 STORE_JSON = "store.json"

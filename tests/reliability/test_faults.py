@@ -24,9 +24,10 @@ from extractors.config import ExtractorConfig
 from extractors.detector import build_detector
 from extractors.extract import InProcessRunner, RunConfig, extract_dataset
 from extractors.loader import images_in_directory
+from doctor import diagnose
 from models.config import EvalConfig, ModelConfig, TrainConfig
-from models.doctor import diagnose
 from models.train import BEST_CHECKPOINT, LAST_CHECKPOINT, run_train_job, write_train_job
+from pipeline.atomic import temp_path_for
 from pipeline.captions import Vocabulary
 from pipeline.store import ShardWriter, StoreConfig, StoreInfo, commit_manifest, init_store, verify_store
 from tests.reliability.bad_files import encoded, photo, write_files
@@ -37,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 EXTRACTOR_FLAGS = ["--backbone", "R18-C4-demo", "--device", "cpu", "--batch-size", "1", "--min-boxes", "2",
                    "--max-boxes", "4", "--rpn-pre-nms-topk", "100", "--rpn-post-nms-topk", "4", "--workers", "0",
                    "--shard-size", "2", "--no-progress", "--torch-threads", "1"]
-CONFIG = ExtractorConfig.for_preset("R18-C4-demo", device="cpu", batch_size=1, min_boxes=2, max_boxes=4,
+CONFIG = ExtractorConfig(backbone="R18-C4-demo", device="cpu", batch_size=1, min_boxes=2, max_boxes=4,
                                     rpn_pre_nms_topk=100, rpn_post_nms_topk=4)
 
 
@@ -192,19 +193,19 @@ def test_crash_between_checkpoint_and_best_model_keeps_the_best_model(tmp_path, 
     _, job, reference = training
     out_dir = tmp_path / "run"
     path = job(out_dir)
-    real_save = training_module._atomic_save
+    real_save = training_module._save_checkpoint
     reference_best = torch.load(reference / BEST_CHECKPOINT, weights_only=True)["epoch"]
 
     def crash_on_last_best(payload, target):
         if target.name == BEST_CHECKPOINT and payload["epoch"] == reference_best:
-            target.with_name(f".{target.name}.tmp").write_bytes(b"half a checkpoint")
+            temp_path_for(target).write_bytes(b"half a checkpoint")
             raise _Crash()
         real_save(payload, target)
 
-    monkeypatch.setattr(training_module, "_atomic_save", crash_on_last_best)
+    monkeypatch.setattr(training_module, "_save_checkpoint", crash_on_last_best)
     with pytest.raises(_Crash):
         run_train_job(path)
-    monkeypatch.setattr(training_module, "_atomic_save", real_save)
+    monkeypatch.setattr(training_module, "_save_checkpoint", real_save)
     run_train_job(path)
     assert (out_dir / BEST_CHECKPOINT).is_file(), "model_best.pth was never written"
     _same_training_state(out_dir / BEST_CHECKPOINT, reference / BEST_CHECKPOINT)

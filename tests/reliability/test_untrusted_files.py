@@ -21,14 +21,14 @@ from extractors.weights import write_published
 from models.compat import load_model, read_checkpoint
 from models.config import TrainConfig
 from models.data import PrecompFeatures
-from models.doctor import diagnose
+from doctor import diagnose
 from models.train import LAST_CHECKPOINT, train
 from pipeline.errors import InputError
 from pipeline.store.interop import read_milvlg_npz, read_scan_precomp
 from pipeline.store.safe_npz import load_npz
 from tests.reliability.workspace_builder import MODEL, save_checkpoint
 
-CONFIG = ExtractorConfig.for_preset("R18-C4-demo", device="cpu")
+CONFIG = ExtractorConfig(backbone="R18-C4-demo", device="cpu")
 
 
 class _RunsShell:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.doctor import main
+from doctor.__main__ import main
 from pipeline.captions import Vocabulary
 from tests.reliability.workspace_builder import WORDS, build_workspace, save_checkpoint
 

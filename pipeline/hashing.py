@@ -1,4 +1,4 @@
-"""Content hashes: of source images (to notice changes) and of configs (to name stores)."""
+"""Content hashes: of files (to notice changes) and of settings (to name the artifacts they produced)."""
 from __future__ import annotations
 
 import hashlib
@@ -19,10 +19,10 @@ def sha256_file(path: str | PathLike[str]) -> str:
 
 
 def canonical_json(value: Mapping[str, Any]) -> str:
-    """One spelling per config (sorted keys, no spaces), so equal configs compare and hash equal."""
+    """One spelling per mapping (sorted keys, no spaces), so equal settings compare and hash equal."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def config_fingerprint(config: Mapping[str, Any], length: int = 12) -> str:
-    """Short stable hash of a config dict, for naming the store directory it produced."""
-    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:length]
+    """Short stable hash of a settings mapping, for naming what it produced."""
+    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()[:length]

@@ -1,23 +1,19 @@
-"""`scan-pipeline doctor WORKSPACE [--json]`: check every artifact of a workspace and say how to fix it.
+"""Checks of a whole workspace: every artifact the workflow leaves, wherever it lies, with how to fix it.
 
-Walks the workspace once and checks what it finds, wherever it lies: task folders without their
-completion marker, feature stores (a folder with store.json) against their manifest (`verify_store`),
-checkpoints (*.pth, *.pth.tar) by loading them the safe way (`models.compat.load_model`),
-vocabularies (vocab.json, *_vocab.json) and captions tables (captions.parquet), whose token ids
-must lie inside the vocabulary of the same task chain and be framed by <start> ... <end>,
-and temp files left by killed writers. Exit status: 0 clean, 1 problems found, 2 unusable workspace.
+Walks the workspace once: task folders without their completion marker, feature stores (a folder
+with store.json) against their manifest (`verify_store`), checkpoints (*.pth, *.pth.tar) loaded the
+safe way (`models.compat.load_model`), vocabularies (vocab.json, *_vocab.json) and captions tables
+(captions.parquet), whose token ids must lie inside the vocabulary of the same task chain and be
+framed by <start> ... <end>, and temp files left by killed writers.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import re
-import sys
 from collections import deque
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -26,13 +22,10 @@ from pipeline.captions import END, PAD, START, Vocabulary, read_captions
 from pipeline.errors import InputError
 from pipeline.store import verify_store
 from pipeline.store.layout import STORE_JSON
+from pipeline.workspace import MARKER, is_task_folder, upstream_keys
 
 CAPTIONS_FILE = "captions.parquet"
-# Written last by every workflow task (workflows.workspace.MARKER); lists the task's upstream keys.
-MARKER = "_COMPLETE.json"
 CHECKPOINT_SUFFIXES = (".pth", ".pth.tar")
-# <workspace>/<TaskName>/<dataset>-<10 hex digits>/, as workflows.workspace.artifact_key names task folders.
-_TASK_FOLDER = re.compile(r"^[A-Za-z0-9_]+-[0-9a-f]{10}$")
 _TEMP_FRAGMENTS = (".tmp", "-luigi-tmp-")  # ours (.tmp, .tmp-<pid>) and luigi's
 
 
@@ -50,7 +43,7 @@ class Finding:
 
 
 @dataclass
-class Report:
+class Diagnosis:
     """What the doctor looked at (counts per kind) and what it found."""
 
     workspace: str
@@ -60,6 +53,12 @@ class Report:
     def to_json(self) -> str:
         return json.dumps({"workspace": self.workspace, "checked": self.checked, "ok": not self.findings,
                            "problems": [asdict(finding) for finding in self.findings]}, indent=2)
+
+    def to_text(self) -> str:
+        counts = ", ".join(f"{count} {kind}" for kind, count in self.checked.items())
+        lines = [f"checked {self.workspace}: {counts}", *(str(finding) for finding in self.findings)]
+        lines.append(f"{len(self.findings)} problem(s)" if self.findings else "OK: no problems found")
+        return "\n".join(lines)
 
 
 def _is_temp(path: Path) -> bool:
@@ -93,7 +92,7 @@ def check_temp_files(paths: list[Path], stores: list[Path]) -> list[Finding]:
 
 def check_unfinished_tasks(root: Path) -> list[Finding]:
     """Task folders without their completion marker: a run was interrupted (or is running now)."""
-    folders = sorted(path for path in root.glob("*/*") if path.is_dir() and _TASK_FOLDER.match(path.name))
+    folders = sorted(path for path in root.glob("*/*") if is_task_folder(path))
     return [Finding(str(folder), f"unfinished {folder.parent.name} task (no {MARKER})",
                     "re-run the workflow: the task resumes from what it left (ignore while a run is in progress)",
                     "task") for folder in folders if not (folder / MARKER).is_file()]
@@ -153,13 +152,8 @@ def _upstream_dirs(artifact_dir: Path, root: Path) -> list[Path]:
     """The folder itself, then every upstream task folder named by the markers, breadth first."""
     seen, order, queue = {artifact_dir}, [artifact_dir], deque([artifact_dir])
     while queue:
-        marker = queue.popleft() / MARKER
-        try:
-            upstream = json.loads(marker.read_text(encoding="utf-8")).get("upstream", [])
-        except (OSError, ValueError, AttributeError):
-            continue
-        for key in upstream if isinstance(upstream, list) else []:
-            folder = (root / str(key)).resolve()
+        for key in upstream_keys(queue.popleft()):
+            folder = (root / key).resolve()
             if folder not in seen and root in folder.parents and folder.is_dir():
                 seen.add(folder)
                 order.append(folder)
@@ -176,7 +170,7 @@ def _chain_vocab(path: Path, root: Path, vocabs: dict[Path, Optional[Vocabulary]
     return None
 
 
-def diagnose(workspace: str | PathLike[str], *, check_values: bool = True) -> Report:
+def diagnose(workspace: str | PathLike[str], *, check_values: bool = True) -> Diagnosis:
     """Every problem of the workspace; raises InputError when it is not a folder at all."""
     root = Path(workspace).resolve()
     if not root.is_dir():
@@ -196,39 +190,4 @@ def diagnose(workspace: str | PathLike[str], *, check_values: bool = True) -> Re
         findings += check_checkpoint(path, _chain_vocab(path, root, vocabs))
     checked = {"stores": len(stores), "checkpoints": len(checkpoints), "vocabularies": len(vocabs),
                "captions": len(captions)}
-    return Report(str(root), checked, findings)
-
-
-def _text_report(report: Report) -> str:
-    counts = ", ".join(f"{count} {kind}" for kind, count in report.checked.items())
-    lines = [f"checked {report.workspace}: {counts}"]
-    lines += [str(finding) for finding in report.findings]
-    lines.append(f"{len(report.findings)} problem(s)" if report.findings else "OK: no problems found")
-    return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scan-pipeline doctor", description=__doc__.splitlines()[0])
-    parser.add_argument("workspace", type=Path, help="Workspace folder ($SCAN_WORKSPACE).")
-    parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
-    parser.add_argument("--skip-values", action="store_true", help="Do not read every feature looking for NaN/Inf.")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`scan-pipeline doctor WORKSPACE [--json]`; also accepts the leading word `doctor`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["doctor"]:
-        argv = argv[1:]
-    args = build_parser().parse_args(argv)
-    try:
-        report = diagnose(args.workspace, check_values=not args.skip_values)
-    except InputError as error:
-        print(json.dumps({"error": str(error)}) if args.json else f"error: {error}", file=sys.stderr)
-        return 2
-    print(report.to_json() if args.json else _text_report(report))
-    return 1 if report.findings else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return Diagnosis(str(root), checked, findings)
