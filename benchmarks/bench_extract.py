@@ -61,7 +61,7 @@ def main() -> None:
     if len(paths) < count:
         raise SystemExit(f"need {count} photos in {PHOTOS.resolve()}")
     images = [ImageFile(path.stem, path, path.name) for path in paths]
-    config = ExtractorConfig.for_preset(args.backbone, device="cpu", batch_size=args.batch_size,
+    config = ExtractorConfig(backbone=args.backbone, device="cpu", batch_size=args.batch_size,
                                         rpn_post_nms_topk=args.proposals)
     detector = build_detector(config)
     detector(collate_images([prepare_image(decode_image(paths[0]), config)]))  # warm-up

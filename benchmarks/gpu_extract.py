@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True
     if args.quick:
-        config = ExtractorConfig.for_preset("R18-C4-demo", device=args.device, rpn_post_nms_topk=50)
+        config = ExtractorConfig(backbone="R18-C4-demo", device=args.device, rpn_post_nms_topk=50)
         batch_sizes = [1, 2]
     else:
         config = ExtractorConfig(backbone="R101-C4-VG", device=args.device, amp_dtype=args.amp, weights=args.weights)

@@ -28,8 +28,8 @@ class BackboneSpec:
     pooler_resolution: int = 14
     attr_embed_dim: int = 256
     attr_hidden_dim: int = 512
-    short_side: Optional[int] = None  # preset resize defaults, used by ExtractorConfig.for_preset
-    max_side: Optional[int] = None
+    short_side: int = 600  # test-time resize of this preset, unless ExtractorConfig sets its own
+    max_side: int = 1000
 
     @property
     def stage_blocks(self) -> tuple[int, int, int, int]:
@@ -62,49 +62,54 @@ PRESETS: dict[str, BackboneSpec] = {
 class ExtractorConfig:
     """Everything that decides which regions and features come out of an image."""
 
-    backbone: str = field(default="R101-C4-VG", metadata={"help": "Backbone preset: " + " | ".join(PRESETS) + "."})
+    backbone: str = field(default="R101-C4-VG", metadata={
+        "help": "Backbone preset: " + " | ".join(PRESETS) + ".", "choices": tuple(PRESETS)})
     weights: str = field(default="", metadata={"help": "Weights file path or URL; empty = seeded random init (tests, demo)."})
-    weights_sha256: str = field(default="", metadata={"help": "Expected SHA-256 of the weights file; empty = not checked."})
-    weights_format: str = field(default="auto", metadata={"help": "Weights layout: auto | airsplay (.pkl) | milvlg (.pth)."})
-    cache_dir: str = field(default="", metadata={"help": "Where downloaded weights are kept; empty = ~/.cache/scan-pipeline/weights."})
+    weights_sha256: str = field(default="", metadata={
+        "help": "Expected SHA-256 of the weights file; empty = not checked."})
+    weights_format: str = field(default="auto", metadata={
+        "help": "Weights layout: auto | airsplay (.pkl) | milvlg (.pth).", "choices": WEIGHT_FORMATS})
+    cache_dir: str = field(default="", metadata={
+        "help": "Where downloaded weights are kept; empty = ~/.cache/scan-pipeline/weights."})
     min_boxes: int = field(default=36, metadata={"help": "Fewest regions kept per image."})
     max_boxes: int = field(default=36, metadata={"help": "Most regions kept per image."})
-    conf_thresh: float = field(default=0.2, metadata={"help": "Keep regions whose best class score after per-class NMS reaches this."})
+    conf_thresh: float = field(default=0.2, metadata={
+        "help": "Keep regions whose best class score after per-class NMS reaches this."})
     nms_thresh: float = field(default=0.3, metadata={"help": "IoU threshold of the per-class NMS in region selection."})
     rpn_pre_nms_topk: int = field(default=6000, metadata={"help": "RPN proposals kept before NMS."})
     rpn_post_nms_topk: int = field(default=300, metadata={"help": "RPN proposals kept after NMS."})
     rpn_nms_thresh: float = field(default=0.7, metadata={"help": "IoU threshold of the RPN NMS."})
     rpn_min_size: int = field(default=16, metadata={"help": "Drop proposals smaller than this (original-image pixels)."})
-    test_short_side: int = field(default=600, metadata={"help": "Resize the shorter image side to this many pixels."})
-    test_max_side: int = field(default=1000, metadata={"help": "Cap the longer image side at this many pixels."})
+    test_short_side: Optional[int] = field(default=None, metadata={
+        "help": "Resize the shorter image side to this many pixels; default: the backbone preset's (600; demo 128)."})
+    test_max_side: Optional[int] = field(default=None, metadata={
+        "help": "Cap the longer image side at this many pixels; default: the backbone preset's (1000; demo 160)."})
     batch_size: int = field(default=1, metadata={"help": "Images per forward pass (zero-padded to the largest)."})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N."})
-    amp_dtype: str = field(default="", metadata={"help": "Autocast on GPU: '' (float32) | fp16 | bf16."})
+    amp_dtype: str = field(default="", metadata={
+        "help": "Autocast on GPU: '' (float32) | fp16 | bf16.", "choices": AMP_DTYPES})
     seed: int = field(default=0, metadata={"help": "Seed of the random init used when no weights are given."})
 
     def __post_init__(self) -> None:
         if self.backbone not in PRESETS:
             raise ValueError(f"backbone={self.backbone!r}; expected one of {', '.join(PRESETS)}")
+        if self.test_short_side is None:  # frozen: fill the preset's resize in once, so asdict() records it
+            object.__setattr__(self, "test_short_side", self.spec.short_side)
+        if self.test_max_side is None:
+            object.__setattr__(self, "test_max_side", self.spec.max_side)
         if self.weights_format not in WEIGHT_FORMATS:
             raise ValueError(f"weights_format={self.weights_format!r}; expected one of {', '.join(WEIGHT_FORMATS)}")
         if self.amp_dtype not in AMP_DTYPES:
             raise ValueError(f"amp_dtype={self.amp_dtype!r}; expected '', fp16 or bf16")
         if not 1 <= self.min_boxes <= self.max_boxes:
-            raise ValueError(f"min_boxes={self.min_boxes}, max_boxes={self.max_boxes}; need 1 <= min_boxes <= max_boxes")
+            raise ValueError(f"min_boxes={self.min_boxes}, max_boxes={self.max_boxes}; "
+                             "need 1 <= min_boxes <= max_boxes")
         if self.test_short_side < 1 or self.test_max_side < self.test_short_side:
-            raise ValueError(f"test_short_side={self.test_short_side}, test_max_side={self.test_max_side}; need 1 <= short <= max")
+            raise ValueError(f"test_short_side={self.test_short_side}, test_max_side={self.test_max_side}; "
+                             "need 1 <= short <= max")
         if self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size}; expected a positive number")
 
     @property
     def spec(self) -> BackboneSpec:
         return PRESETS[self.backbone]
-
-    @classmethod
-    def for_preset(cls, backbone: str, **overrides: object) -> "ExtractorConfig":
-        """A config for `backbone` that takes the preset's resize defaults unless overridden."""
-        spec = PRESETS.get(backbone)
-        sizes: dict[str, object] = {}
-        if spec is not None and spec.short_side is not None:
-            sizes = {"test_short_side": spec.short_side, "test_max_side": spec.max_side}
-        return cls(backbone=backbone, **{**sizes, **overrides})  # type: ignore[arg-type]

@@ -1,95 +1,123 @@
 """Command line: ``python -m models evaluate|train|search|attention ...`` (see each ``--help``).
 
-Evaluation options are generated from EvalConfig, so the CLI and the Luigi tasks share one
-definition of each setting.
+Only argument parsing and printing live here; each command calls one library function. Config
+options come from the dataclasses (pipeline.config_flags), as the Luigi tasks' parameters do.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
 
-import torch
-
-from models.attention_viz import add_attention_arguments, run_attention
-from models.compat import load_model, load_precomp_split
+from models.attention_viz import draw_pair
+from models.compat import load_model_with_vocab, load_precomp_split
 from models.config import EvalConfig
 from models.evaluate import evaluate_models, format_table, save_results
-from models.search import SearchConfig, add_search_arguments, run_search
+from models.search import (SearchConfig, SearchIndex, answer_queries, format_results, load_caption_set, read_queries,
+                           save_results as save_search_results)
 from models.train import run_train_job
-from pipeline.captions import Vocabulary
+from pipeline.config_flags import add_config_flags, config_from_args
+from pipeline.devices import resolve_device
 from pipeline.errors import InputError
 
-
-def add_dataclass_options(parser: argparse.ArgumentParser, config_class: type) -> None:
-    """One ``--field-name`` option per dataclass field, with its type, default and help."""
-    for spec in fields(config_class):
-        flag = "--" + spec.name.replace("_", "-")
-        default = spec.default if spec.default is not MISSING else None
-        help_text = spec.metadata.get("help", "")
-        if spec.type in (bool, "bool"):
-            parser.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=default,
-                                help=help_text)
-        else:
-            parser.add_argument(flag, dest=spec.name, type=type(default), default=default,
-                                help=f"{help_text} (default: {default})")
+MODEL_HELP = "Our checkpoint or SCAN's model_best.pth.tar."
+VOCAB_HELP = "SCAN vocabulary JSON the model was trained with (e.g. f30k_precomp_vocab.json)."
 
 
-def config_from_args(args: argparse.Namespace, config_class: type):
-    return config_class(**{spec.name: getattr(args, spec.name) for spec in fields(config_class)})
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    evaluate = commands.add_parser("evaluate", help="R@K of SCAN checkpoints (several: ensemble) on precomp data")
-    evaluate.add_argument("--checkpoint", action="append", required=True, type=Path,
-                          help="Reference model_best.pth.tar or our checkpoint; repeat for an ensemble.")
-    evaluate.add_argument("--data", required=True, type=Path, help="Folder of {split}_ims.npy and {split}_caps.txt.")
-    evaluate.add_argument("--vocab", required=True, type=Path,
-                          help="SCAN vocabulary JSON (e.g. f30k_precomp_vocab.json).")
-    evaluate.add_argument("--json", type=Path, help="Write results here (ranks beside it as .npy).")
-    evaluate.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N.")
-    add_dataclass_options(evaluate, EvalConfig)
-    train = commands.add_parser("train", help="Train from a JSON job (models.train.write_train_job); torchrun-ready")
-    train.add_argument("--config", required=True, type=Path, help="Job file.")
-    search = commands.add_parser("search", help="Text -> top-k images of a store, image -> top-k captions")
-    add_search_arguments(search)
-    add_dataclass_options(search, SearchConfig)
-    attention = commands.add_parser("attention", help="PNG of the attention of one (image, caption) pair")
-    add_attention_arguments(attention)
-    return parser
+def add_evaluate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("evaluate", help="R@K of SCAN checkpoints (several: ensemble) on precomp data")
+    parser.add_argument("--checkpoint", action="append", required=True, type=Path,
+                        help=MODEL_HELP + " Repeat for an ensemble (similarities averaged).")
+    parser.add_argument("--data", required=True, type=Path, help="Folder of {split}_ims.npy and {split}_caps.txt.")
+    parser.add_argument("--vocab", required=True, type=Path, help=VOCAB_HELP)
+    parser.add_argument("--json", type=Path, help="Write results here (ranks beside it as .npy).")
+    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N.")
+    add_config_flags(parser, EvalConfig)
+    parser.set_defaults(handler=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    config = config_from_args(args, EvalConfig)
-    device = torch.device(args.device)
-    vocab = Vocabulary.from_scan_json(args.vocab)
-    pairs = load_precomp_split(args.data, config.split, vocab)
-    loaded = [load_model(path, device) for path in args.checkpoint]
-    for path, entry in zip(args.checkpoint, loaded):
-        if entry.vocab_size != len(vocab):
-            raise InputError(args.vocab, f"{len(vocab)} words, but {path} was trained with {entry.vocab_size}")
-    models = [entry.model for entry in loaded]
-    results, ranks = evaluate_models(models, pairs, config, device, progress=True)
+    config, device = config_from_args(args, EvalConfig), resolve_device(args.device)
+    loaded = [load_model_with_vocab(path, args.vocab, device) for path in args.checkpoint]
+    pairs = load_precomp_split(args.data, config.split, loaded[0][1])
+    results, ranks = evaluate_models([model.model for model, _ in loaded], pairs, config, device, progress=True)
     print(format_table(results))
     if args.json is not None:
         save_results(results, ranks, args.json)
     return 0
 
 
+def add_train(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("train", help="Train from a JSON job (models.train.write_train_job); torchrun-ready")
+    parser.add_argument("--config", required=True, type=Path, help="Job file.")
+    parser.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    run_train_job(args.config)
+    return 0
+
+
+def add_search(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("search", help="Text -> top-k images of a store, image -> top-k captions")
+    parser.add_argument("--checkpoint", required=True, type=Path, help=MODEL_HELP)
+    parser.add_argument("--store", required=True, type=Path, help="Feature store directory (the image gallery).")
+    parser.add_argument("--vocab", required=True, type=Path, help=VOCAB_HELP)
+    queries = parser.add_mutually_exclusive_group(required=True)
+    queries.add_argument("--text", action="append", help="Caption query -> top-k images (repeatable).")
+    queries.add_argument("--image", action="append", help="Store image id -> top-k captions (repeatable).")
+    queries.add_argument("--queries", type=Path, help="File of queries, one a line; 'image:<id>' for an image.")
+    parser.add_argument("--captions", type=Path, help="Captions for image queries: our Parquet table or a .txt file.")
+    parser.add_argument("--split", help="Only this split of a Parquet captions table (train | dev | test).")
+    parser.add_argument("--json", type=Path, help="Also write the results here as JSON.")
+    add_config_flags(parser, SearchConfig)
+    parser.set_defaults(handler=run_search)
+
+
+def run_search(args: argparse.Namespace) -> int:
+    config = config_from_args(args, SearchConfig)
+    texts, images = read_queries(args.queries) if args.queries else (args.text or [], args.image or [])
+    captions = load_caption_set(args.captions, args.split) if args.captions is not None else None
+    index = SearchIndex.open(args.checkpoint, args.store, args.vocab, batch_size=config.batch_size)
+    results = answer_queries(index, texts, images, captions, config)
+    print(format_results(results))
+    if args.json is not None:
+        save_search_results(results, config, args.json)
+    return 0
+
+
+def add_attention(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("attention", help="PNG of the attention of one (image, caption) pair")
+    parser.add_argument("--checkpoint", required=True, type=Path, help=MODEL_HELP)
+    parser.add_argument("--store", required=True, type=Path, help="Feature store holding the image's regions.")
+    parser.add_argument("--vocab", required=True, type=Path, help=VOCAB_HELP)
+    parser.add_argument("--image", required=True, help="Image id in the store.")
+    parser.add_argument("--caption", required=True, help="Caption to explain.")
+    parser.add_argument("--image-file", type=Path, help="The image itself (else a grey canvas of its size).")
+    parser.add_argument("--view", choices=("t2i", "i2t"), help="Per word (t2i) or per region (i2t); default the model's.")
+    parser.add_argument("--out", required=True, type=Path, help="PNG to write.")
+    parser.set_defaults(handler=run_attention)
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    path, attention = draw_pair(args.checkpoint, args.store, args.vocab, args.image, args.caption, args.out,
+                                image_file=args.image_file, view=args.view)
+    print(f"{path}  (score {attention.score:.4f}, {attention.cross_attn} model)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add_command in (add_evaluate, add_train, add_search, add_attention):
+        add_command(commands)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "evaluate":
-            return run_evaluate(args)
-        if args.command == "search":
-            return run_search(args, config_from_args(args, SearchConfig))
-        if args.command == "attention":
-            return run_attention(args)
-        run_train_job(args.config)
-        return 0
+        return args.handler(args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

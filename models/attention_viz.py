@@ -8,7 +8,6 @@ region (i2t: the region's box with its most attended words).
 """
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from os import PathLike
@@ -22,12 +21,12 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from models.attention import PairAttention, explain_pair
-from models.compat import load_model
+from models.compat import load_model_with_vocab
 from models.encoders import SCANModel
 from pipeline.atomic import atomic_output
 from pipeline.captions import SPECIALS, Vocabulary
 from pipeline.errors import InputError
-from pipeline.store import FeatureStore, RegionRecord
+from pipeline.store import StoreReader, RegionRecord
 
 PANEL_PX = 240
 DPI = 100
@@ -149,25 +148,13 @@ def _save(figure: Figure, out_png: Path) -> Path:
     return out_png
 
 
-def add_attention_arguments(parser: argparse.ArgumentParser) -> None:
-    """The inputs of ``python -m models attention``."""
-    parser.add_argument("--checkpoint", required=True, type=Path, help="Our checkpoint or SCAN's model_best.pth.tar.")
-    parser.add_argument("--store", required=True, type=Path, help="Feature store holding the image's regions.")
-    parser.add_argument("--vocab", required=True, type=Path, help="SCAN vocabulary JSON the model was trained with.")
-    parser.add_argument("--image", required=True, help="Image id in the store.")
-    parser.add_argument("--caption", required=True, help="Caption to explain.")
-    parser.add_argument("--image-file", type=Path, help="The image itself (else a grey canvas of its size).")
-    parser.add_argument("--view", choices=("t2i", "i2t"), help="Per word (t2i) or per region (i2t); default the model's.")
-    parser.add_argument("--out", required=True, type=Path, help="PNG to write.")
-
-
-def run_attention(args: argparse.Namespace) -> int:
-    """Draws the attention of one (image, caption) pair and prints where the PNG went."""
-    model, vocab, store = _open(args.checkpoint, args.vocab, args.store)
-    attention = explain_pair(model, vocab, _record(store, args.store, args.image), args.caption)
-    path = draw_attention(attention, load_image(args.image_file, attention.image_hw), args.out, view=args.view)
-    print(f"{path}  (score {attention.score:.4f}, {attention.cross_attn} model)")
-    return 0
+def draw_pair(checkpoint: str | PathLike[str], store_dir: str | PathLike[str], vocab_path: str | PathLike[str],
+              image_id: str, caption: str, out_png: str | PathLike[str], *, image_file: str | PathLike[str] | None = None,
+              view: str | None = None) -> tuple[Path, PairAttention]:
+    """The attention picture of one (image, caption) pair with a trained model; returns it and the attention."""
+    model, vocab, store = _open(checkpoint, vocab_path, store_dir)
+    attention = explain_pair(model, vocab, _record(store, store_dir, image_id), caption)
+    return draw_attention(attention, load_image(image_file, attention.image_hw), out_png, view=view), attention
 
 
 def draw_examples(checkpoint: str | PathLike[str], store_dir: str | PathLike[str], vocab_path: str | PathLike[str],
@@ -191,15 +178,12 @@ def draw_examples(checkpoint: str | PathLike[str], store_dir: str | PathLike[str
 
 
 def _open(checkpoint: str | PathLike[str], vocab_path: str | PathLike[str],
-          store_dir: str | PathLike[str]) -> tuple[SCANModel, Vocabulary, FeatureStore]:
-    vocab = Vocabulary.from_scan_json(vocab_path)
-    loaded = load_model(checkpoint)
-    if loaded.vocab_size != len(vocab):
-        raise InputError(vocab_path, f"{len(vocab)} words, but {checkpoint} was trained with {loaded.vocab_size}")
-    return loaded.model, vocab, FeatureStore(store_dir)
+          store_dir: str | PathLike[str]) -> tuple[SCANModel, Vocabulary, StoreReader]:
+    loaded, vocab = load_model_with_vocab(checkpoint, vocab_path)
+    return loaded.model, vocab, StoreReader(store_dir)
 
 
-def _record(store: FeatureStore, store_dir: str | PathLike[str], image_id: str) -> RegionRecord:
+def _record(store: StoreReader, store_dir: str | PathLike[str], image_id: str) -> RegionRecord:
     try:
         return store.get(image_id)
     except KeyError as error:

@@ -81,6 +81,16 @@ def load_model(path: str | PathLike[str], device: torch.device | str = "cpu") ->
     return LoadedModel(model.to(device).eval(), vocab_size, origin, payload)
 
 
+def load_model_with_vocab(checkpoint: str | PathLike[str], vocab_path: str | PathLike[str],
+                          device: torch.device | str = "cpu") -> tuple[LoadedModel, Vocabulary]:
+    """A model and the vocabulary it was trained with; a vocabulary of another size is refused."""
+    vocab = Vocabulary.from_scan_json(vocab_path)
+    loaded = load_model(checkpoint, device)
+    if loaded.vocab_size != len(vocab):
+        raise InputError(vocab_path, f"{len(vocab)} words, but {checkpoint} was trained with {loaded.vocab_size}")
+    return loaded, vocab
+
+
 def read_scan_captions(path: str | PathLike[str], vocab: Vocabulary) -> list[list[int]]:
     """Token ids of every line of a precomp ``{split}_caps.txt``, as the reference: lower-cased,
     word-tokenised, wrapped in <start>/<end>, unknown words as <unk>."""

@@ -1,7 +1,7 @@
 """SCAN settings, defined once: the Luigi tasks and the CLI build these dataclasses.
 
-Defaults are the reference implementation's (kuanghuei/SCAN train.py); per-dataset paper
-settings live in PAPER_PRESETS.
+Defaults are the reference implementation's (kuanghuei/SCAN train.py); the paper's per-dataset
+settings are presets in `pipeline.presets`.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ CROSS_ATTN = ("t2i", "i2t")
 AGG_FUNCS = ("Mean", "LogSumExp", "Max", "Sum")
 RAW_FEATURE_NORMS = ("clipped_l2norm", "l2norm", "softmax", "clipped", "no_norm", "l1norm", "clipped_l1norm")
 IMAGE_ENCODERS = ("basic", "weight_norm")
+EVAL_SPLITS = ("dev", "test", "testall")
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,16 @@ class ModelConfig:
     bi_gru: bool = field(default=True, metadata={"help": "Bidirectional GRU, the two directions averaged."})
     no_imgnorm: bool = field(default=False, metadata={"help": "Do not L2-normalise region embeddings."})
     no_txtnorm: bool = field(default=False, metadata={"help": "Do not L2-normalise word embeddings."})
-    precomp_enc_type: str = field(default="basic", metadata={"help": "Image encoder: basic | weight_norm."})
-    cross_attn: str = field(default="t2i", metadata={"help": "Attention direction: t2i | i2t."})
-    agg_func: str = field(default="Mean", metadata={"help": "Aggregation: Mean | LogSumExp | Max | Sum."})
-    lambda_softmax: float = field(default=9.0, metadata={"help": "Inverse temperature of the attention softmax (lambda_1)."})
+    precomp_enc_type: str = field(default="basic", metadata={
+        "help": "Image encoder: basic | weight_norm.", "choices": IMAGE_ENCODERS})
+    cross_attn: str = field(default="t2i", metadata={"help": "Attention direction: t2i | i2t.", "choices": CROSS_ATTN})
+    agg_func: str = field(default="Mean", metadata={
+        "help": "Aggregation: Mean | LogSumExp | Max | Sum.", "choices": AGG_FUNCS})
+    lambda_softmax: float = field(default=9.0, metadata={
+        "help": "Inverse temperature of the attention softmax (lambda_1)."})
     lambda_lse: float = field(default=6.0, metadata={"help": "LogSumExp aggregation temperature (lambda_2)."})
-    raw_feature_norm: str = field(default="clipped_l2norm", metadata={"help": "Normalisation of the raw attention: " + " | ".join(RAW_FEATURE_NORMS) + "."})
+    raw_feature_norm: str = field(default="clipped_l2norm", metadata={
+        "help": "Normalisation of the raw attention: " + " | ".join(RAW_FEATURE_NORMS) + ".", "choices": RAW_FEATURE_NORMS})
 
     def __post_init__(self) -> None:
         for name, allowed in (("cross_attn", CROSS_ATTN), ("agg_func", AGG_FUNCS),
@@ -40,11 +45,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings (reference defaults; the paper's per-dataset ones are in PAPER_PRESETS)."""
+    """Optimisation settings (reference defaults; the paper's per-dataset ones are in pipeline.presets)."""
 
     margin: float = field(default=0.2, metadata={"help": "Triplet loss margin."})
-    max_violation: bool = field(default=True, metadata={"help": "Hardest negatives (the paper's setting) instead of the sum over negatives."})
-    warmup_epochs: int = field(default=0, metadata={"help": "Epochs that use the sum over negatives before switching to hardest negatives."})
+    max_violation: bool = field(default=True, metadata={
+        "help": "Hardest negatives (the paper's setting) instead of the sum over negatives."})
+    warmup_epochs: int = field(default=0, metadata={
+        "help": "Epochs that use the sum over negatives before switching to hardest negatives."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Adam learning rate."})
     lr_update: int = field(default=15, metadata={"help": "Multiply the learning rate by 0.1 after this many epochs."})
     num_epochs: int = field(default=30, metadata={"help": "Number of training epochs."})
@@ -61,22 +68,12 @@ class TrainConfig:
 class EvalConfig:
     """How a model is evaluated."""
 
-    split: str = field(default="test", metadata={"help": "Split to evaluate: dev | test (COCO: testall for the 5K images)."})
+    split: str = field(default="test", metadata={
+        "help": "Split to evaluate: dev | test (COCO: testall for the 5K images).", "choices": EVAL_SPLITS})
     fold5: bool = field(default=False, metadata={"help": "COCO: average over five 1K folds instead of the full 5K."})
-    score_memory_mb: int = field(default=1024, metadata={"help": "Memory budget for one chunk of the similarity computation."})
-    fused_scores: bool = field(default=True, metadata={"help": "Score large CPU evaluations with the fused C++ kernel (built once on first use; needs a C++ compiler, else eager PyTorch)."})
+    score_memory_mb: int = field(default=1024, metadata={
+        "help": "Memory budget for one chunk of the similarity computation."})
+    fused_scores: bool = field(default=True, metadata={
+        "help": "Score large CPU evaluations with the fused C++ kernel (built once on first use; needs a C++ "
+                "compiler, else eager PyTorch)."})
     batch_size: int = field(default=128, metadata={"help": "Batch size for encoding images and captions."})
-
-
-PAPER_PRESETS: dict[str, dict[str, dict[str, object]]] = {
-    "f30k": {
-        "t2i_avg": {"cross_attn": "t2i", "agg_func": "Mean", "lambda_softmax": 9.0},
-        "i2t_avg": {"cross_attn": "i2t", "agg_func": "Mean", "lambda_softmax": 4.0},
-        "train": {"learning_rate": 2e-4, "num_epochs": 30, "lr_update": 15},
-    },
-    "coco": {
-        "t2i_lse": {"cross_attn": "t2i", "agg_func": "LogSumExp", "lambda_softmax": 9.0, "lambda_lse": 6.0},
-        "i2t_avg": {"cross_attn": "i2t", "agg_func": "Mean", "lambda_softmax": 4.0},
-        "train": {"learning_rate": 5e-4, "num_epochs": 20, "lr_update": 10},
-    },
-}

@@ -14,7 +14,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from models.config import ModelConfig
+
 EPS = 1e-8
+DEFAULTS = ModelConfig()  # the reference's train.py defaults, as ModelConfig records them
 
 
 def _l1norm(x: Tensor, dim: int) -> Tensor:
@@ -83,8 +86,9 @@ def _score_images(images: Tensor, caption: Tensor, cross_attn: str, agg_func: st
 
 
 def reference_xattn_scores(img_emb: Tensor, cap_emb: Tensor, cap_lens: Tensor | Sequence[int], *,
-                           cross_attn: str = "t2i", agg_func: str = "Mean", lambda_softmax: float = 9.0,
-                           lambda_lse: float = 6.0, raw_feature_norm: str = "clipped_l2norm",
+                           cross_attn: str = DEFAULTS.cross_attn, agg_func: str = DEFAULTS.agg_func,
+                           lambda_softmax: float = DEFAULTS.lambda_softmax, lambda_lse: float = DEFAULTS.lambda_lse,
+                           raw_feature_norm: str = DEFAULTS.raw_feature_norm,
                            img_lens: Tensor | Sequence[int] | None = None) -> Tensor:
     """img_emb (n_img, R, d), cap_emb (n_cap, W, d) -> scores (n_img, n_cap)."""
     n_img, n_regions = img_emb.shape[:2]

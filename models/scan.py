@@ -29,6 +29,7 @@ from models.config import ModelConfig
 
 EPS = 1e-8             # the reference's eps for l1/l2 norms and for cosine similarity
 DEFAULT_MEMORY_MB = 256
+DEFAULTS = ModelConfig()  # the attention options' defaults, defined once in ModelConfig
 LIVE_BLOCK_COPIES = 8  # block-sized tensors alive at once (autograd keeps most of them)
 WORDS_PER_BLOCK = 2048  # caption words per block at most
 CACHE_BLOCK_ELEMENTS = 2**20  # block size (regions x words) that keeps elementwise passes in cache
@@ -55,8 +56,9 @@ class _Captions:
 
 
 def xattn_scores(img_emb: Tensor, cap_emb: Tensor, cap_lens: Tensor | Sequence[int], *,
-                 cross_attn: str = "t2i", agg_func: str = "Mean", lambda_softmax: float = 9.0,
-                 lambda_lse: float = 6.0, raw_feature_norm: str = "clipped_l2norm",
+                 cross_attn: str = DEFAULTS.cross_attn, agg_func: str = DEFAULTS.agg_func,
+                 lambda_softmax: float = DEFAULTS.lambda_softmax, lambda_lse: float = DEFAULTS.lambda_lse,
+                 raw_feature_norm: str = DEFAULTS.raw_feature_norm,
                  img_lens: Tensor | Sequence[int] | None = None) -> Tensor:
     """img_emb (n_img, R, d), cap_emb (n_cap, W, d) -> SCAN scores (n_img, n_cap)."""
     options = ModelConfig(cross_attn=cross_attn, agg_func=agg_func, lambda_softmax=lambda_softmax,

@@ -6,7 +6,6 @@ joint space (held in memory, (n_img, K, d) float32); queries are then encoded an
 """
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.compat import load_model
+from models.compat import load_model_with_vocab
 from models.data import pad_captions
 from models.encoders import SCANModel
 from models.retrieval import MODES, Embeddings, Ranking, pooled, search
 from pipeline.atomic import write_text_atomic
 from pipeline.captions import Vocabulary, read_captions, tokenize
 from pipeline.errors import InputError
-from pipeline.store import FeatureStore
+from pipeline.store import StoreReader
 
 IMAGE_PREFIX = "image:"
 
@@ -33,8 +32,11 @@ class SearchConfig:
     """How queries are answered."""
 
     top_k: int = field(default=10, metadata={"help": "Results per query."})
-    mode: str = field(default="two-stage", metadata={"help": "exact | two-stage (pooled shortlist, then SCAN re-ranking)."})
-    shortlist: int = field(default=500, metadata={"help": "Two-stage: gallery items re-ranked per query (N); 500 lost <= 1 point of R@10 in benchmarks/bench_search.py."})
+    mode: str = field(default="two-stage", metadata={
+        "help": "exact | two-stage (pooled shortlist, then SCAN re-ranking).", "choices": MODES})
+    shortlist: int = field(default=500, metadata={
+        "help": "Two-stage: gallery items re-ranked per query (N); 500 lost <= 1 point of R@10 in "
+                "benchmarks/bench_search.py."})
     batch_size: int = field(default=128, metadata={"help": "Batch size for encoding images and captions."})
     score_memory_mb: int = field(default=256, metadata={"help": "Memory budget of one block of SCAN scores."})
 
@@ -73,7 +75,7 @@ class CaptionSet:
 class SearchIndex:
     """A model plus the encoded images of one store; answers text and image queries."""
 
-    def __init__(self, model: SCANModel, vocab: Vocabulary, store: FeatureStore, batch_size: int = 128) -> None:
+    def __init__(self, model: SCANModel, vocab: Vocabulary, store: StoreReader, batch_size: int = 128) -> None:
         self.model, self.vocab, self.store = model.eval(), vocab, store
         self.images = self._encode_store(batch_size)
         self._images_pooled = pooled(self.images)
@@ -81,11 +83,8 @@ class SearchIndex:
     @classmethod
     def open(cls, checkpoint: str | PathLike[str], store_dir: str | PathLike[str], vocab_path: str | PathLike[str],
              *, batch_size: int = 128) -> SearchIndex:
-        vocab = Vocabulary.from_scan_json(vocab_path)
-        loaded = load_model(checkpoint)
-        if loaded.vocab_size != len(vocab):
-            raise InputError(vocab_path, f"{len(vocab)} words, but {checkpoint} was trained with {loaded.vocab_size}")
-        return cls(loaded.model, vocab, FeatureStore(store_dir), batch_size)
+        loaded, vocab = load_model_with_vocab(checkpoint, vocab_path)
+        return cls(loaded.model, vocab, StoreReader(store_dir), batch_size)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 128) -> Embeddings:
@@ -198,30 +197,12 @@ def save_results(results: Sequence[QueryResult], config: SearchConfig, path: str
     return path
 
 
-def add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    """The inputs of ``python -m models search``; SearchConfig's options are added by the caller."""
-    parser.add_argument("--checkpoint", required=True, type=Path, help="Our checkpoint or SCAN's model_best.pth.tar.")
-    parser.add_argument("--store", required=True, type=Path, help="Feature store directory (the image gallery).")
-    parser.add_argument("--vocab", required=True, type=Path, help="SCAN vocabulary JSON the model was trained with.")
-    queries = parser.add_mutually_exclusive_group(required=True)
-    queries.add_argument("--text", action="append", help="Caption query -> top-k images (repeatable).")
-    queries.add_argument("--image", action="append", help="Store image id -> top-k captions (repeatable).")
-    queries.add_argument("--queries", type=Path, help="File of queries, one a line; 'image:<id>' for an image.")
-    parser.add_argument("--captions", type=Path, help="Captions for image queries: our Parquet table or a .txt file.")
-    parser.add_argument("--split", help="Only this split of a Parquet captions table (train | dev | test).")
-    parser.add_argument("--json", type=Path, help="Also write the results here as JSON.")
-
-
-def run_search(args: argparse.Namespace, config: SearchConfig) -> int:
-    """Answers the queries of the command line, prints a table, optionally writes JSON."""
-    texts, images = read_queries(args.queries) if args.queries else (args.text or [], args.image or [])
-    if images and args.captions is None:
-        raise InputError(args.queries or "--image", "image queries need --captions (the captions to rank)")
-    index = SearchIndex.open(args.checkpoint, args.store, args.vocab, batch_size=config.batch_size)
+def answer_queries(index: SearchIndex, texts: Sequence[str], image_ids: Sequence[str], captions: CaptionSet | None,
+                   config: SearchConfig = SearchConfig()) -> list[QueryResult]:
+    """Text queries (top-k images) then image queries (top-k of `captions`, required for them)."""
+    if image_ids and captions is None:
+        raise InputError("image queries", "image queries need captions to rank (--captions)")
     results = index.search_text(texts, config) if texts else []
-    if images:
-        results += index.search_images(images, load_caption_set(args.captions, args.split), config)
-    print(format_results(results))
-    if args.json is not None:
-        save_results(results, config, args.json)
-    return 0
+    if image_ids:
+        results += index.search_images(image_ids, captions, config)
+    return results

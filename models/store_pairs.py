@@ -2,6 +2,7 @@
 
 Evaluation pairs caption j with image j // 5 of the split (the reference protocol), so a split is
 served as its own region source, images in caption order, the first 5 captions of each image.
+`evaluate_on_store` evaluates trained checkpoints on such a split and writes the results.
 """
 from __future__ import annotations
 
@@ -10,10 +11,19 @@ from pathlib import Path
 
 import numpy as np
 
+from models.compat import load_model
+from models.config import EvalConfig
 from models.data import CAPTIONS_PER_IMAGE, CaptionPairs, RegionSource
+from models.evaluate import evaluate_models, format_table, save_results
+from pipeline.atomic import write_text_atomic
 from pipeline.captions import read_captions
+from pipeline.devices import resolve_device
 from pipeline.errors import InputError
-from pipeline.store import FeatureStore
+from pipeline.store import StoreReader
+
+RESULTS_FILE = "results.json"
+TABLE_FILE = "results.txt"
+SPLIT_NAMES = {"testall": "test"}  # COCO's 5K test images are our "test" split
 
 
 class SplitRegions:
@@ -40,7 +50,7 @@ def split_pairs(store_dir: Path, captions_path: Path, split: str, *, evaluation:
     table = read_captions(captions_path, split).to_pydict()
     if not table["image_id"]:
         raise InputError(captions_path, f"no captions in split {split!r}")
-    store = FeatureStore(store_dir)
+    store = StoreReader(store_dir)
     position = {image_id: i for i, image_id in enumerate(store.image_ids)}
     order = list(dict.fromkeys(table["image_id"]))
     missing = [image_id for image_id in order if image_id not in position]
@@ -65,3 +75,19 @@ def _first_per_image(rows: list[int], image_ids: list[str], source: Path, split:
         raise InputError(source, f"split {split!r}: {len(short)} images have fewer than {CAPTIONS_PER_IMAGE} captions, "
                                  f"e.g. {short[:3]}; the retrieval protocol needs {CAPTIONS_PER_IMAGE}")
     return kept
+
+
+def evaluate_on_store(checkpoints: Sequence[Path], store_dir: Path, captions: Path, config: EvalConfig, device: str,
+                      out_dir: Path) -> str:
+    """One model or an ensemble (averaged similarities) on a split: results.json + ranks and results.txt.
+
+    Returns the recall table.
+    """
+    resolved = resolve_device(device)
+    models = [load_model(path, resolved).model for path in checkpoints]
+    pairs = split_pairs(store_dir, captions, SPLIT_NAMES.get(config.split, config.split), evaluation=True)
+    results, ranks = evaluate_models(models, pairs, config, resolved)
+    save_results(results, ranks, out_dir / RESULTS_FILE)
+    table = format_table(results)
+    write_text_atomic(out_dir / TABLE_FILE, table + "\n")
+    return table

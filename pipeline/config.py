@@ -38,12 +38,6 @@ class DatasetConfig:
         if self.missing_images not in MISSING_IMAGE_POLICIES:
             raise ValueError(f"missing_images={self.missing_images!r}; expected one of {', '.join(MISSING_IMAGE_POLICIES)}")
 
-    @property
-    def help(self) -> str:
-        """Where to get this dataset's files (the registry's hint), for messages about missing inputs."""
-        from pipeline.datasets.registry import DATASETS  # the registry imports this module
-        return DATASETS[self.name].hint
-
 
 @dataclass(frozen=True)
 class CaptionConfig:

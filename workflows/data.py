@@ -13,9 +13,9 @@ from pipeline.config import CaptionConfig, DatasetConfig
 from pipeline.datasets import Dataset, load_dataset
 from pipeline.demo import DemoConfig, generate_demo
 from pipeline.errors import InputError
+from pipeline.presets import presets_for
 from workflows.base import ArtifactTask, config_settings
-from workflows.params import build_config, config_params
-from workflows.presets import DEMO_DATA
+from workflows.params import config_of, config_parameters
 
 log = logging.getLogger("luigi-interface")
 VOCAB_FILE = "vocab.json"
@@ -23,19 +23,17 @@ CAPTIONS_FILE = "captions.parquet"
 DEMO_DIR = "demo"
 
 
+@config_parameters(DemoConfig, prefix="demo_")
 class DemoParams:
     """The demo generator's settings, as `demo_*` parameters on every task downstream of it."""
 
-    locals().update(config_params(DemoConfig, prefix="demo_"))
-
     def demo_config(self) -> DemoConfig:
-        return build_config(self, DemoConfig, DEMO_DATA, prefix="demo_")
+        return config_of(self, DemoConfig, presets_for("demo").demo)
 
 
+@config_parameters(DatasetConfig, exclude=("name",), insignificant=("data_root",))
 class DatasetParams(DemoParams):
     """Where a real dataset's files are (DatasetConfig); the folder itself is not part of any hash."""
-
-    locals().update(config_params(DatasetConfig, exclude=("name",), insignificant=("data_root",)))
 
 
 class GenerateDemo(DemoParams, ArtifactTask):
@@ -59,7 +57,7 @@ class DatasetInputs(DatasetParams, luigi.ExternalTask):
     dataset = luigi.Parameter()
 
     def complete(self) -> bool:
-        config = build_config(self, DatasetConfig, {"name": self.dataset})
+        config = config_of(self, DatasetConfig, {"name": self.dataset})
         try:
             load_dataset(config)
         except InputError as error:
@@ -80,17 +78,18 @@ class DatasetTask(DatasetParams, ArtifactTask):
         fixed: dict[str, Any] = {"name": self.dataset}
         if self.dataset == "demo":
             fixed["data_root"] = self.clone(GenerateDemo).artifact_dir
-        return dataclasses.replace(build_config(self, DatasetConfig), **fixed)
+        return dataclasses.replace(config_of(self, DatasetConfig), **fixed)
 
     def load(self) -> Dataset:
         return load_dataset(self.dataset_config())
 
 
+@config_parameters(CaptionConfig, insignificant=("row_group_size",))
 class CaptionParams:
-    locals().update(config_params(CaptionConfig, insignificant=("row_group_size",)))
+    """How captions become token ids (CaptionConfig)."""
 
     def caption_config(self) -> CaptionConfig:
-        return build_config(self, CaptionConfig)
+        return config_of(self, CaptionConfig)
 
 
 class BuildVocab(CaptionParams, DatasetTask):

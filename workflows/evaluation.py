@@ -5,45 +5,24 @@ from pathlib import Path
 from typing import Any
 
 import luigi
-import torch
 
-from models.compat import load_model
 from models.config import EvalConfig
-from models.evaluate import evaluate_models, format_table, save_results
+from models.store_pairs import evaluate_on_store
 from models.train import BEST_CHECKPOINT
+from pipeline.presets import presets_for
 from workflows.base import config_settings
 from workflows.data import CAPTIONS_FILE, PrepareCaptions
-from workflows.params import build_config, config_params
-from workflows.presets import variants
-from workflows.training import ModelParams, TrainModel
 from workflows.features import FeatureTask
-from models.store_pairs import split_pairs
-
-RESULTS_FILE = "results.json"
-TABLE_FILE = "results.txt"
-SPLIT_NAMES = {"testall": "test"}  # COCO's 5K test images are our "test" split
+from workflows.params import config_of, config_parameters
+from workflows.training import ModelParams, TrainModel
 
 
+@config_parameters(EvalConfig, prefix="eval_", insignificant=("score_memory_mb", "fused_scores", "batch_size"))
 class EvalParams:
-    locals().update(config_params(EvalConfig, prefix="eval_", choices={"split": ("dev", "test", "testall")},
-                                  insignificant=("score_memory_mb", "fused_scores", "batch_size")))
+    """How the trained model is evaluated (EvalConfig) as `eval_*` parameters."""
 
     def eval_config(self) -> EvalConfig:
-        return build_config(self, EvalConfig, prefix="eval_")
-
-
-def evaluate(checkpoints: list[Path], store_dir: Path, captions: Path, config: EvalConfig, device: str,
-             out_dir: Path) -> str:
-    """Evaluate one model or an ensemble (averaged similarities); write results + ranks; return the table."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    models = [load_model(path, device).model for path in checkpoints]
-    pairs = split_pairs(store_dir, captions, SPLIT_NAMES.get(config.split, config.split), evaluation=True)
-    results, ranks = evaluate_models(models, pairs, config, torch.device(device))
-    save_results(results, ranks, out_dir / RESULTS_FILE)
-    table = format_table(results)
-    (out_dir / TABLE_FILE).write_text(table + "\n")
-    return table
+        return config_of(self, EvalConfig)
 
 
 class EvaluateSCAN(EvalParams, ModelParams, FeatureTask):
@@ -59,7 +38,7 @@ class EvaluateSCAN(EvalParams, ModelParams, FeatureTask):
     def produce(self, out_dir: Path) -> None:
         model = self.clone(TrainModel)
         self.report(f"evaluating on {self.eval_config().split}")
-        evaluate([model.artifact_dir / BEST_CHECKPOINT], model.store_dir(),
+        evaluate_on_store([model.artifact_dir / BEST_CHECKPOINT], model.store_dir(),
                  self.clone(PrepareCaptions).artifact_dir / CAPTIONS_FILE, self.eval_config(), self.device or "auto", out_dir)
 
 
@@ -69,7 +48,7 @@ class EnsembleSCAN(EvaluateSCAN):
     ensemble = luigi.TupleParameter(default=(), description="Variants to ensemble; default: all presets of the dataset.")
 
     def members(self) -> list[TrainModel]:
-        return [self.clone(TrainModel, variant=name) for name in (self.ensemble or variants(self.dataset))]
+        return [self.clone(TrainModel, variant=name) for name in (self.ensemble or presets_for(self.dataset).variants)]
 
     def requires(self) -> dict[str, Any]:
         return {"models": self.members(), "captions": self.clone(PrepareCaptions)}
@@ -77,5 +56,5 @@ class EnsembleSCAN(EvaluateSCAN):
     def produce(self, out_dir: Path) -> None:
         members = self.members()
         self.report(f"evaluating an ensemble of {len(members)} models")
-        evaluate([member.artifact_dir / BEST_CHECKPOINT for member in members], members[0].store_dir(),
+        evaluate_on_store([member.artifact_dir / BEST_CHECKPOINT for member in members], members[0].store_dir(),
                  self.clone(PrepareCaptions).artifact_dir / CAPTIONS_FILE, self.eval_config(), self.device or "auto", out_dir)

@@ -1,94 +1,105 @@
-"""Luigi parameters generated from the library's frozen config dataclasses, so each setting is defined once.
+"""Luigi parameters declared from the library's config dataclasses, so each setting is defined once.
 
-`config_params(ModelConfig, ...)` gives a dict of typed luigi parameters to splice into a task
-class body; `build_config(task, ModelConfig, overrides)` turns the task's values back into the
-dataclass. Generated parameters default to None ("not set by the user") so that per-dataset
-presets can fill in what the user did not override; the dataclass default applies last.
+    @config_parameters(ModelConfig, exclude=("img_dim",))
+    class ModelParams: ...
+
+adds one Luigi parameter per field (type, help and choices from `pipeline.config_flags.describe_fields`)
+and remembers how they are named; `config_of(task, ModelConfig, presets)` turns the task's values back
+into the dataclass. Parameters default to None ("not set by the user") so that the dataset's presets
+(`pipeline.presets`) fill in what the user did not override; the dataclass default applies last.
+`luigi --module workflows TrainSCAN --help` lists every parameter with its help.
 """
 from __future__ import annotations
 
-import dataclasses
 import types
-import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import luigi
 
-_OPTIONAL_PARAMETERS: dict[type, type[luigi.Parameter]] = {
+from pipeline.config_flags import FieldInfo, build_config, describe_fields
+
+T = TypeVar("T", bound=type)
+EMPTY: Mapping[str, Any] = types.MappingProxyType({})
+_OPTIONAL_PARAMETERS: dict[Any, type[luigi.Parameter]] = {
     int: luigi.OptionalIntParameter,
     float: luigi.OptionalFloatParameter,
-    bool: luigi.OptionalBoolParameter,
     str: luigi.OptionalParameter,
     Path: luigi.OptionalPathParameter,
 }
 
 
-def _unwrap_optional(hint: Any) -> Any:
-    """`Optional[X]` / `X | None` -> X; anything else unchanged."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        others = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        if len(others) == 1:
-            return others[0]
-    return hint
+@dataclass(frozen=True)
+class Binding:
+    """Which fields of a config a task declares, and how they are named: `prefix + field`, or `rename[field]`."""
+
+    fields: tuple[str, ...]
+    prefix: str
+    rename: Mapping[str, str]
+
+    def parameter_name(self, field_name: str) -> str:
+        return self.rename.get(field_name, self.prefix + field_name)
 
 
-def _parameter_for(hint: Any, help_text: str, choices: Optional[Iterable[Any]], significant: bool) -> luigi.Parameter:
-    kind = _unwrap_optional(hint)
-    common = {"default": None, "description": help_text, "significant": significant}
-    if choices is not None:
-        return luigi.OptionalChoiceParameter(choices=tuple(choices), var_type=kind, **common)
-    if typing.get_origin(kind) is tuple or kind is tuple:
+def _parameter(info: FieldInfo, owner: str, significant: bool) -> luigi.Parameter:
+    common = {"default": None, "description": info.help_with_default(owner), "significant": significant}
+    if info.choices is not None:
+        return luigi.OptionalChoiceParameter(choices=info.choices, var_type=info.kind, **common)
+    if info.is_tuple:
         return luigi.OptionalTupleParameter(**common)
-    if kind is bool:
+    if info.kind is bool:
         return luigi.OptionalBoolParameter(parsing=luigi.BoolParameter.EXPLICIT_PARSING, **common)
-    if kind not in _OPTIONAL_PARAMETERS:
-        raise TypeError(f"no luigi parameter for field type {hint!r}; keep config fields simple")
-    return _OPTIONAL_PARAMETERS[kind](**common)
+    if info.kind not in _OPTIONAL_PARAMETERS:
+        raise TypeError(f"{owner}.{info.name}: no luigi parameter for type {info.kind!r}; keep config fields simple")
+    return _OPTIONAL_PARAMETERS[info.kind](**common)
 
 
-def parameter_name(field_name: str, prefix: str, rename: Mapping[str, str]) -> str:
-    return rename.get(field_name, prefix + field_name)
+def config_parameters(config_cls: type, *, prefix: str = "", rename: Mapping[str, str] = EMPTY,
+                      insignificant: Iterable[str] = (), exclude: Iterable[str] = ()) -> Callable[[T], T]:
+    """Class decorator: a Luigi parameter per field of `config_cls` (but `exclude`), named `prefix + field`.
 
-
-def config_params(config_cls: type, *, prefix: str = "", rename: Mapping[str, str] = types.MappingProxyType({}),
-                  choices: Optional[Mapping[str, Iterable[Any]]] = None, insignificant: Iterable[str] = (),
-                  exclude: Iterable[str] = ()) -> dict[str, luigi.Parameter]:
-    """One luigi parameter per dataclass field, named `prefix + field`, help = metadata['help'] + default.
-
-    A prefix keeps fields of different configs apart on one task (`demo_seed` vs `seed`); `rename`
-    gives single fields another name (TrainConfig.workers would clash with luigi's --workers).
+    A prefix keeps fields of different configs apart on one task (`demo_seed` vs `seed`); `rename` gives
+    single fields another name (TrainConfig.workers would clash with luigi's --workers). Insignificant
+    parameters (device, batch sizes, worker counts) do not enter the task's hash.
     """
-    choices = dict(choices or {})
-    insignificant, exclude = set(insignificant), set(exclude)
-    hints = typing.get_type_hints(config_cls)
-    params = {}
-    for spec in dataclasses.fields(config_cls):
-        if spec.name in exclude:
-            continue
-        default = spec.default if spec.default is not dataclasses.MISSING else None
-        field_choices = choices.get(spec.name, spec.metadata.get("choices"))
-        help_text = f"{spec.metadata.get('help', '')} [{config_cls.__name__}; default {default!r}]".strip()
-        params[parameter_name(spec.name, prefix, rename)] = _parameter_for(hints[spec.name], help_text, field_choices, spec.name not in insignificant)
-    return params
+    described = describe_fields(config_cls, exclude)
+    binding = Binding(tuple(info.name for info in described), prefix, dict(rename))
+    quiet = set(insignificant)
+
+    def declare(task_cls: T) -> T:
+        for info in described:
+            parameter, name = _parameter(info, config_cls.__name__, info.name not in quiet), binding.parameter_name(info.name)
+            setattr(task_cls, name, parameter)
+            parameter.__set_name__(task_cls, name)  # a descriptor set after the class body is not named by Python
+        own = dict(vars(task_cls).get("config_bindings", {}))  # this class's own: bases keep theirs
+        own[config_cls] = binding
+        task_cls.config_bindings = own
+        return task_cls
+
+    return declare
 
 
-def user_values(task: luigi.Task, config_cls: type, prefix: str = "",
-                rename: Mapping[str, str] = types.MappingProxyType({})) -> dict[str, Any]:
+def _binding(task_cls: type, config_cls: type) -> Binding:
+    """The binding declared for `config_cls` on the task class or the nearest base (mixins each keep their own)."""
+    for klass in task_cls.__mro__:
+        binding = vars(klass).get("config_bindings", {}).get(config_cls)
+        if binding is not None:
+            return binding
+    raise TypeError(f"{task_cls.__name__} declares no parameters for {config_cls.__name__} (@config_parameters)")
+
+
+def user_values(task: luigi.Task, config_cls: type) -> dict[str, Any]:
     """The fields of `config_cls` that the user (command line or luigi.cfg) actually set on `task`."""
+    binding = _binding(type(task), config_cls)
     values = {}
-    for spec in dataclasses.fields(config_cls):
-        value = getattr(task, parameter_name(spec.name, prefix, rename), None)
+    for name in binding.fields:
+        value = getattr(task, binding.parameter_name(name))
         if value is not None:
-            values[spec.name] = tuple(value) if isinstance(value, (list, tuple)) else value
+            values[name] = tuple(value) if isinstance(value, (list, tuple)) else value
     return values
 
 
-def build_config(task: luigi.Task, config_cls: type, presets: Mapping[str, Any] = types.MappingProxyType({}),
-                 prefix: str = "", rename: Mapping[str, str] = types.MappingProxyType({})) -> Any:
-    """Dataclass from, in priority order: the user's values, `presets`, the dataclass defaults."""
-    names = {spec.name for spec in dataclasses.fields(config_cls)}
-    merged = {name: value for name, value in presets.items() if name in names}
-    merged.update(user_values(task, config_cls, prefix, rename))
-    return config_cls(**merged)
+def config_of(task: luigi.Task, config_cls: type, presets: Mapping[str, Any] = EMPTY) -> Any:
+    """The dataclass from, in priority order: the user's values, `presets`, the dataclass defaults."""
+    return build_config(config_cls, presets, user_values(task, config_cls))

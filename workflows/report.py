@@ -12,7 +12,8 @@ from models.attention_viz import draw_examples
 from models.report import write_report
 from models.train import BEST_CHECKPOINT
 from workflows.data import VOCAB_FILE, BuildVocab
-from workflows.evaluation import RESULTS_FILE, TABLE_FILE, EnsembleSCAN, EvalParams, EvaluateSCAN
+from models.store_pairs import RESULTS_FILE, TABLE_FILE
+from workflows.evaluation import EnsembleSCAN, EvalParams, EvaluateSCAN
 from workflows.features import FeatureTask
 from workflows.training import ModelParams, TrainModel
 

@@ -11,44 +11,42 @@ from typing import Any
 
 import luigi
 
-from models.config import AGG_FUNCS, CROSS_ATTN, IMAGE_ENCODERS, RAW_FEATURE_NORMS, EvalConfig, ModelConfig, TrainConfig
+from models.config import EvalConfig, ModelConfig, TrainConfig
 from models.train import SUMMARY
+from pipeline.presets import presets_for
 from pipeline.store import read_store_info
+from pipeline.store.sources import FeatureSource
 from workflows.base import config_settings
 from workflows.data import VOCAB_FILE, CAPTIONS_FILE, BuildVocab, CaptionParams, PrepareCaptions
-from workflows.features import STORE_SUBDIR, FeatureStore, FeatureTask, parse_features
+from workflows.features import STORE_SUBDIR, FeatureStore, FeatureTask
 from workflows.imports import ImportFeatures
-from workflows.params import build_config, config_params
-from workflows.presets import model_preset, train_preset
+from workflows.params import config_of, config_parameters
 
 SPEC_FILE = "train_spec.json"
 TRAIN_LOG = "train.log"
-MODEL_CHOICES = {"cross_attn": CROSS_ATTN, "agg_func": AGG_FUNCS, "raw_feature_norm": RAW_FEATURE_NORMS,
-                 "precomp_enc_type": IMAGE_ENCODERS}
 TRAIN_INSIGNIFICANT = ("workers", "device", "log_step")
-TRAIN_RENAME = {"workers": "loader_workers"}  # luigi owns --workers (parallel tasks)
 
 
+@config_parameters(ModelConfig, exclude=("img_dim",))
+@config_parameters(TrainConfig, rename={"workers": "loader_workers"},  # luigi owns --workers (parallel tasks)
+                   insignificant=TRAIN_INSIGNIFICANT)
 class ModelParams(CaptionParams):
     """Every SCAN hyperparameter (ModelConfig + TrainConfig) plus the feature source and launcher."""
 
     features = luigi.Parameter(default="extract", description="extract | precomp:DIR | tsv:FILE | npz:DIR")
     variant = luigi.OptionalParameter(default=None, description="Paper preset of the dataset (f30k: t2i_avg | i2t_avg; "
                                                                  "coco: t2i_lse | i2t_avg); default: the first.")
-    locals().update(config_params(ModelConfig, choices=MODEL_CHOICES, exclude=("img_dim",)))
-    locals().update(config_params(TrainConfig, rename=TRAIN_RENAME, insignificant=TRAIN_INSIGNIFICANT))
     nproc = luigi.IntParameter(default=1, significant=False,
                                description="Training processes (torch.distributed.run, gloo on CPU, nccl on GPU).")
 
     def model_config(self, img_dim: int) -> ModelConfig:
-        return build_config(self, ModelConfig, {**model_preset(self.dataset, self.variant), "img_dim": img_dim})
+        return config_of(self, ModelConfig, {**presets_for(self.dataset).variant(self.variant), "img_dim": img_dim})
 
     def train_config(self) -> TrainConfig:
-        return build_config(self, TrainConfig, train_preset(self.dataset), rename=TRAIN_RENAME)
+        return config_of(self, TrainConfig, presets_for(self.dataset).train)
 
     def features_task(self) -> FeatureTask:
-        kind, _ = parse_features(self.features)
-        return self.clone(FeatureStore) if kind == "extract" else self.clone(ImportFeatures)
+        return self.clone(FeatureStore) if FeatureSource.parse(self.features).extracted else self.clone(ImportFeatures)
 
 
 class TrainModel(ModelParams, FeatureTask):

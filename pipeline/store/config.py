@@ -13,7 +13,8 @@ class StoreConfig:
     shard_size: int = field(default=1000, metadata={
         "help": "Images per HDF5 shard; one shard is the unit of atomic writing and of re-extraction."})
     feature_dtype: str = field(default="float16", metadata={
-        "help": "On-disk feature dtype: float16 (half the disk, ~1e-3 relative error) | float32."})
+        "help": "On-disk feature dtype: float16 (half the disk, ~1e-3 relative error) | float32.",
+        "choices": FEATURE_DTYPES})
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def config() -> ExtractorConfig:
-    return ExtractorConfig.for_preset("R18-C4-demo", device="cpu", rpn_post_nms_topk=60, min_boxes=10, max_boxes=20)
+    return ExtractorConfig(backbone="R18-C4-demo", device="cpu", rpn_post_nms_topk=60, min_boxes=10, max_boxes=20)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_given_boxes_must_be_n_by_4(detector, config, photos):
 
 def test_random_init_is_seeded(config):
     first, again = build_detector(config), build_detector(config)
-    other = build_detector(ExtractorConfig.for_preset("R18-C4-demo", device="cpu", seed=1))
+    other = build_detector(ExtractorConfig(backbone="R18-C4-demo", device="cpu", seed=1))
     weight = "roi_heads.box_predictor.cls_score.weight"
     assert torch.equal(first.state_dict()[weight], again.state_dict()[weight])
     assert not torch.equal(first.state_dict()[weight], other.state_dict()[weight])
@@ -83,10 +83,10 @@ def test_random_init_is_seeded(config):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="autocast fp16/bf16 runs on a CUDA GPU only")
 @pytest.mark.parametrize("amp_dtype", ["fp16", "bf16"])
 def test_autocast_on_gpu_stays_close_to_float32(photos, amp_dtype):
-    base = ExtractorConfig.for_preset("R18-C4-demo", device="cuda")
+    base = ExtractorConfig(backbone="R18-C4-demo", device="cuda")
     boxes = [np.array([[10, 20, 200, 300], [0, 0, 499, 374]], dtype=np.float32)]
     full = run(build_detector(base), base, photos[:1], boxes)[0]
-    amp_config = ExtractorConfig.for_preset("R18-C4-demo", device="cuda", amp_dtype=amp_dtype)
+    amp_config = ExtractorConfig(backbone="R18-C4-demo", device="cuda", amp_dtype=amp_dtype)
     half = run(build_detector(amp_config), amp_config, photos[:1], boxes)[0]
     assert half.features.dtype == np.float32
     np.testing.assert_allclose(half.features, full.features, rtol=0.05, atol=0.05)

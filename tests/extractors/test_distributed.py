@@ -14,7 +14,7 @@ from extractors.extract import DaskConfig, RunConfig, extract_dataset
 from extractors.loader import images_in_directory
 from pipeline.store import StoreConfig, verify_store
 
-CONFIG = ExtractorConfig.for_preset("R18-C4-demo", device="cpu", batch_size=2, min_boxes=2, max_boxes=4,
+CONFIG = ExtractorConfig(backbone="R18-C4-demo", device="cpu", batch_size=2, min_boxes=2, max_boxes=4,
                                     rpn_pre_nms_topk=100, rpn_post_nms_topk=4)
 
 

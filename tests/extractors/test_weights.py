@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def config() -> ExtractorConfig:
-    return ExtractorConfig.for_preset("R18-C4-demo", device="cpu", rpn_post_nms_topk=40, min_boxes=8, max_boxes=12, seed=7)
+    return ExtractorConfig(backbone="R18-C4-demo", device="cpu", rpn_post_nms_topk=40, min_boxes=8, max_boxes=12, seed=7)
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,7 @@ def test_missing_dataset_names_the_file_and_where_to_get_it(tmp_path: Path, monk
     (tmp_path / "f30k" / "results_20130124.token").write_text("1.jpg#0\tA dog .\n")
     with pytest.raises(MissingDataError, match=r"train.txt: split list missing"):
         load_dataset(DatasetConfig(name="f30k"))
-    assert "shannon.cs.illinois.edu" in DatasetConfig(name="f30k").help
+    assert "shannon.cs.illinois.edu" in DATASETS["f30k"].hint
 
 
 def test_f30k_token_file_with_id_split_lists(shared_data: Path, tmp_path: Path) -> None:

@@ -16,12 +16,12 @@ from extractors.config import ExtractorConfig
 from extractors.detector import build_detector
 from extractors.extract import InProcessRunner, RunConfig, extract_dataset
 from extractors.loader import ImageFile, images_in_directory
-from pipeline.store import FeatureStore, StoreConfig, verify_store
+from pipeline.store import StoreReader, StoreConfig, verify_store
 from tests.reliability.artifacts import machine_paths_in, store_rows
 from tests.reliability.bad_files import bad_image_files, odd_but_valid_image_files, one_pixel_png, write_files
 
 # batch_size=1: each image's features depend on that image alone, so stores can be compared row by row.
-CONFIG = ExtractorConfig.for_preset("R18-C4-demo", device="cpu", batch_size=1, min_boxes=2, max_boxes=4,
+CONFIG = ExtractorConfig(backbone="R18-C4-demo", device="cpu", batch_size=1, min_boxes=2, max_boxes=4,
                                     rpn_pre_nms_topk=100, rpn_post_nms_topk=4)
 RUN = RunConfig(num_workers=0)
 
@@ -73,7 +73,7 @@ def test_bad_images_are_recorded_and_good_neighbours_are_intact(tmp_path, detect
         assert why.lower() in reasons[name].lower(), (name, reasons[name])
     assert summary.failed == len(expected)
 
-    store = FeatureStore(tmp_path / "store")
+    store = StoreReader(tmp_path / "store")
     good = set(odd_but_valid_image_files(seed=7)) | ({unreadable} if readable_anyway else set())
     assert {Path(i).name for i in store.image_ids} == {Path(name).with_suffix("").name for name in good}
     assert store.get("exif-rotated").image_hw == (96, 72)  # stored upright: EXIF orientation applied

@@ -7,15 +7,16 @@ from pathlib import Path
 import luigi
 import pytest
 
-from models.config import AGG_FUNCS, ModelConfig, TrainConfig
+from models.config import ModelConfig, TrainConfig
+from pipeline.workspace import MARKER
 from workflows.base import ArtifactTask
-from workflows.params import build_config, config_params
-from workflows.workspace import MARKER
+from workflows.params import config_of, config_parameters
 
 
+@config_parameters(ModelConfig, exclude=("img_dim",))
+@config_parameters(TrainConfig, prefix="train_", rename={"workers": "loader_workers"}, insignificant=("workers", "device"))
 class _Params(luigi.Task):
-    locals().update(config_params(ModelConfig, choices={"agg_func": AGG_FUNCS}, exclude=("img_dim",)))
-    locals().update(config_params(TrainConfig, insignificant=("workers", "device")))
+    pass
 
 
 class _Source(ArtifactTask):
@@ -37,16 +38,22 @@ class _Sum(ArtifactTask):
         (out_dir / "sum.json").write_text(json.dumps(self.factor * sum(numbers)))
 
 
-def test_generated_parameters_round_trip_through_the_command_line() -> None:
-    task = _Params.from_str_params({"embed_size": "64", "bi_gru": "false", "agg_func": "LogSumExp", "learning_rate": "5e-4"})
-    model = build_config(task, ModelConfig, presets={"embed_size": 32, "lambda_softmax": 4.0})
+def test_declared_parameters_round_trip_through_the_command_line() -> None:
+    task = _Params.from_str_params({"embed_size": "64", "bi_gru": "false", "agg_func": "LogSumExp",
+                                    "train_learning_rate": "5e-4", "loader_workers": "3"})
+    model = config_of(task, ModelConfig, presets={"embed_size": 32, "lambda_softmax": 4.0})
     assert (model.embed_size, model.bi_gru, model.agg_func, model.lambda_softmax) == (64, False, "LogSumExp", 4.0)
     assert model.word_dim == ModelConfig().word_dim
-    assert build_config(task, TrainConfig).learning_rate == 5e-4
+    train = config_of(task, TrainConfig)
+    assert (train.learning_rate, train.workers, train.margin) == (5e-4, 3, TrainConfig().margin)
     params = dict(_Params.get_params())
-    assert "img_dim" not in params and not params["workers"].significant and params["margin"].significant
+    assert "img_dim" not in params and "workers" not in params and "train_workers" not in params
+    assert not params["loader_workers"].significant and params["train_margin"].significant
+    assert "Triplet loss margin" in params["train_margin"].description
     with pytest.raises(ValueError):
-        _Params.from_str_params({"agg_func": "Median"})
+        _Params.from_str_params({"agg_func": "Median"})  # choices come from the field's metadata
+    with pytest.raises(ValueError, match="not fields of ModelConfig"):
+        config_of(task, ModelConfig, presets={"embed_sise": 32})
 
 
 def test_upstream_change_gives_new_directories_only_downstream(workspace: Path, ran_tasks: list[str]) -> None:

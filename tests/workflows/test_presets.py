@@ -1,0 +1,38 @@
+"""One preset registry: the Luigi tasks and `python -m extractors` build the same configs from it."""
+from __future__ import annotations
+
+import pytest
+
+from extractors.__main__ import build_parser, extraction_configs
+from extractors.config import PRESETS
+from pipeline.config import DATASET_NAMES
+from workflows import FeatureStore
+
+OVERRIDES = ({}, {"min_boxes": 10, "max_boxes": 20, "shard_size": 7, "feature_dtype": "float16", "test_short_side": 100})
+TASK_NAMES = {"min_boxes": "extractor_min_boxes", "max_boxes": "extractor_max_boxes",
+              "test_short_side": "extractor_test_short_side", "backbone": "extractor_backbone"}
+
+
+def _cli_flags(values: dict) -> list[str]:
+    return [part for name, value in values.items() for part in (f"--{name.replace('_', '-')}", str(value))]
+
+
+@pytest.mark.parametrize("overrides", OVERRIDES, ids=("presets", "user-values"))
+@pytest.mark.parametrize("backbone", [None, *PRESETS])
+@pytest.mark.parametrize("dataset", DATASET_NAMES)
+def test_workflow_and_cli_build_equal_extraction_configs(dataset: str, backbone: str | None, overrides: dict) -> None:
+    values = dict(overrides, **({"backbone": backbone} if backbone else {}))
+    args = build_parser().parse_args(["extract", "--dataset", dataset, "--store", "unused", *_cli_flags(values)])
+    extractor, store, run, _ = extraction_configs(args)
+    task = FeatureStore(dataset=dataset, **{TASK_NAMES.get(name, name): value for name, value in values.items()})
+    assert (extractor, store, run) == (task.extractor_config(), task.store_config(), task.run_config())
+    assert (extractor.test_short_side, extractor.test_max_side) == (
+        values.get("test_short_side", extractor.spec.short_side), extractor.spec.max_side)
+
+
+def test_the_demo_backbone_resizes_as_its_preset_wherever_it_is_chosen() -> None:
+    """The divergence issue 13 found: R18-C4-demo on another dataset resized to 600/1000 in the workflow."""
+    config = FeatureStore(dataset="f8k", extractor_backbone="R18-C4-demo").extractor_config()
+    assert (config.test_short_side, config.test_max_side) == (128, 160)
+    assert FeatureStore(dataset="demo").extractor_config().backbone == "R18-C4-demo"
+    assert FeatureStore(dataset="f30k").extractor_config().test_short_side == 600
