@@ -1,20 +1,27 @@
-"""`python -m extractors <command>`: one subcommand per job, each registered by a small function.
+"""`python -m extractors <command>`: verify-weights, extract, verify (see each `--help`).
 
-Add a command by writing `add_<name>(subparsers)` that sets `handler` and listing it in
-COMMANDS.
+Every field of ExtractorConfig, StoreConfig, RunConfig and DaskConfig is a flag (pipeline.config_flags);
+with `--dataset`, what is not set comes from that dataset's presets (pipeline.presets), exactly as in
+the Luigi workflow.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import typing
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Optional
 
-from extractors.config import PRESETS, ExtractorConfig
+from extractors.config import PRESETS, WEIGHT_FORMATS, ExtractorConfig
+from extractors.extract import DaskConfig, RunConfig
 from pipeline.config import DATASET_NAMES, DatasetConfig
+from pipeline.config_flags import add_config_flags, config_from_args
 from pipeline.errors import InputError
+from pipeline.presets import presets_for
+from pipeline.store import StoreConfig
+
+# Flags whose names differ from their config field (short, as users type them).
+FLAG_NAMES = {RunConfig: {"num_workers": "--workers"},
+              DaskConfig: {"n_workers": "--dask-workers", "host": "--dask-host"}}
 
 
 def run_verify_weights(args: argparse.Namespace) -> int:
@@ -42,44 +49,33 @@ def run_verify_weights(args: argparse.Namespace) -> int:
 def add_verify_weights(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("verify-weights", help="Check a published weights file against a backbone preset.")
     parser.add_argument("path", help="Weights file (.pkl airsplay or .pth milvlg) or URL.")
-    parser.add_argument("--format", default="auto", choices=["auto", "airsplay", "milvlg"], help="Weights layout (default: detect).")
+    parser.add_argument("--format", default="auto", choices=WEIGHT_FORMATS, help="Weights layout (default: detect).")
     parser.add_argument("--backbone", default="R101-C4-VG", choices=sorted(PRESETS), help="Backbone preset to check against.")
     parser.add_argument("--sha256", default="", help="Expected SHA-256 of the file.")
     parser.add_argument("--show", type=int, default=10, help="List at most this many names per problem kind.")
     parser.set_defaults(handler=run_verify_weights)
 
 
-# Flags whose names differ from their config field (short, as users type them).
-_FLAG_NAMES = {"num_workers": "--workers", "n_workers": "--dask-workers", "host": "--dask-host"}
+def extraction_configs(args: argparse.Namespace) -> tuple[ExtractorConfig, StoreConfig, RunConfig, DaskConfig]:
+    """The configs the command line asks for; `--dataset` brings its presets, as the workflow's tasks do."""
+    presets = presets_for(args.dataset) if args.dataset else None
+    return (config_from_args(args, ExtractorConfig, presets.extractor if presets else {}),
+            config_from_args(args, StoreConfig, presets.store if presets else {}),
+            config_from_args(args, RunConfig), config_from_args(args, DaskConfig))
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    """One flag per dataclass field, help from its metadata; unset flags stay None (the dataclass decides)."""
-    group = parser.add_argument_group(config_cls.__name__)
-    hints = typing.get_type_hints(config_cls)
-    for spec in dataclasses.fields(config_cls):
-        flag = _FLAG_NAMES.get(spec.name, "--" + spec.name.replace("_", "-"))
-        kind = hints[spec.name]
-        options = {"dest": spec.name, "default": None, "help": spec.metadata.get("help", "")}
-        if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
-        else:
-            group.add_argument(flag, type=kind if kind in (int, float) else str, **options)
-
-
-def _given(args: argparse.Namespace, config_cls: type) -> dict:
-    return {spec.name: getattr(args, spec.name) for spec in dataclasses.fields(config_cls)
-            if getattr(args, spec.name) is not None}
-
-
-def _images_to_extract(args: argparse.Namespace) -> list:
+def _images_and_boxes(args: argparse.Namespace, config: ExtractorConfig) -> tuple[list[Any], Optional[Path]]:
+    """The images to extract and the given-boxes file, if any (a dataset's own, e.g. the demo's, by default)."""
     from extractors.loader import images_in_directory
+    from extractors.weights import require_weights
     from pipeline.datasets import load_dataset, registered_config
 
     if args.images:
-        return images_in_directory(args.images)
-    data_root = args.data_root or DatasetConfig().data_root
-    return list(load_dataset(registered_config(args.dataset, Path(data_root))).images)
+        return images_in_directory(args.images), args.boxes
+    if presets_for(args.dataset).needs_weights:
+        require_weights(config, args.dataset)
+    dataset = load_dataset(registered_config(args.dataset, Path(args.data_root or DatasetConfig().data_root)))
+    return list(dataset.images), args.boxes or dataset.boxes_file
 
 
 def run_extract(args: argparse.Namespace) -> int:
@@ -87,21 +83,18 @@ def run_extract(args: argparse.Namespace) -> int:
 
     Unreadable images do not change the exit status: they are listed in the summary and failures.parquet.
     """
-    from extractors.extract import DaskConfig, RunConfig, extract_dataset, load_boxes_json
-    from pipeline.store import StoreConfig, sha256_file
+    from extractors.extract import extract_dataset, load_boxes_json
+    from pipeline.store import sha256_file
 
     try:
-        config = ExtractorConfig.for_preset(args.backbone or ExtractorConfig.backbone,
-                                            **{k: v for k, v in _given(args, ExtractorConfig).items() if k != "backbone"})
-        run, store = RunConfig(**_given(args, RunConfig)), StoreConfig(**_given(args, StoreConfig))
-        images = _images_to_extract(args)
-        boxes = load_boxes_json(args.boxes) if args.boxes else None
-        options = dict(store=store, run=run, boxes=boxes, boxes_sha256=sha256_file(args.boxes) if args.boxes else "",
-                       progress=args.progress)
-        if args.dask or args.scheduler_address:
+        config, store, run, dask_config = extraction_configs(args)
+        images, boxes_file = _images_and_boxes(args, config)
+        options = dict(store=store, run=run, boxes=load_boxes_json(boxes_file) if boxes_file else None,
+                       boxes_sha256=sha256_file(boxes_file) if boxes_file else "", progress=args.progress)
+        if args.dask or dask_config.scheduler_address:
             from extractors.distributed import DaskRunner  # imports dask.distributed: slow, so only when asked
 
-            with DaskRunner(config, run, DaskConfig(**_given(args, DaskConfig)), progress=args.progress) as runner:
+            with DaskRunner(config, run, dask_config, progress=args.progress) as runner:
                 summary = extract_dataset(images, args.store, config, runner=runner, **options)
         else:
             summary = extract_dataset(images, args.store, config, **options)
@@ -113,34 +106,29 @@ def run_extract(args: argparse.Namespace) -> int:
 
 
 def add_extract(subparsers: argparse._SubParsersAction) -> None:
-    from extractors.extract import DaskConfig, RunConfig
-    from pipeline.store import StoreConfig
-
     parser = subparsers.add_parser("extract", help="Extract region features of an image set into a sharded store.",
                                    description="Re-running resumes: images already stored unchanged are skipped.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="Folder of images (recursive); ids are relative paths without suffix.")
-    source.add_argument("--dataset", choices=DATASET_NAMES, help="Registered dataset, read from --data-root.")
+    source.add_argument("--dataset", choices=DATASET_NAMES, help="Registered dataset, read from --data-root; "
+                                                                 "its presets apply to what is not set.")
     parser.add_argument("--data-root", help="Folder with one sub-folder per dataset (default $SCAN_DATA_ROOT or ./data).")
     parser.add_argument("--store", required=True, help="Store directory (created if absent).")
-    parser.add_argument("--boxes", help="Given-boxes mode: JSON {image_id: [[x1, y1, x2, y2], ...]} in original pixels.")
+    parser.add_argument("--boxes", type=Path, help="Given-boxes mode: JSON {image_id: [[x1, y1, x2, y2], ...]} in "
+                                                   "original pixels (default: the dataset's own boxes file, if any).")
     parser.add_argument("--dask", action="store_true", help="Run one task per shard on Dask: a LocalCluster, "
                                                            "or the cluster of --scheduler-address (which implies --dask).")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="Show a progress bar.")
     for config_cls in (ExtractorConfig, StoreConfig, RunConfig, DaskConfig):
-        _add_config_arguments(parser, config_cls)
+        add_config_flags(parser, config_cls, flags=FLAG_NAMES.get(config_cls, {}))
     parser.set_defaults(handler=run_extract)
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """Print every problem of the store with its fix; exit 1 if there is any."""
-    from pipeline.store import verify_store
+    """The store tools' verify (`python -m pipeline.store verify`), under the extractor's command line."""
+    from pipeline.store.__main__ import report_problems
 
-    problems = verify_store(args.store, check_values=not args.skip_values)
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    print(f"{args.store}: {len(problems)} problem(s)" if problems else f"{args.store}: OK")
-    return 1 if problems else 0
+    return report_problems(args.store, check_values=not args.skip_values)
 
 
 def add_verify(subparsers: argparse._SubParsersAction) -> None:

@@ -9,7 +9,6 @@ to an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -25,12 +24,10 @@ from extractors.config import ExtractorConfig
 from extractors.detector import build_detector
 from extractors.images import DEFAULT_MAX_PIXELS
 from extractors.loader import ImageFile, LoadedBatch, load_batches
-from extractors.weights import fetch_weights
+from extractors.plan import ShardJob, plan_extraction
+from pipeline.atomic import remove_abandoned_temp_files
 from pipeline.errors import InputError
-from pipeline.store import (RegionRecord, ShardPlan, ShardWriter, StoreConfig, StoreInfo, commit_manifest, init_store,
-                            plan_shards, sha256_file)
-from pipeline.atomic import is_temp_path
-from pipeline.store.layout import SHARDS_DIR
+from pipeline.store import RegionRecord, ShardPlan, ShardWriter, StoreConfig
 
 
 @dataclass(frozen=True)
@@ -61,16 +58,6 @@ class DaskConfig:
     def __post_init__(self) -> None:
         if self.n_workers < 1:
             raise ValueError(f"n_workers={self.n_workers}; expected at least one worker")
-
-
-@dataclass(frozen=True)
-class ShardJob:
-    """Everything needed to write one shard, picklable so a Dask worker can run it."""
-
-    store_dir: Path
-    plan: ShardPlan
-    images: tuple[ImageFile, ...]
-    boxes: Optional[dict[str, np.ndarray]] = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +111,7 @@ def extract_shard(job: ShardJob, detector: Any, config: ExtractorConfig, run: Ru
     is published (shards completed earlier stay).
     """
     failed: list[tuple[str, str]] = []
+    remove_abandoned_temp_files(job.plan.path.parent, job.plan.path.name)  # one task writes each shard
     with ShardWriter.for_store(job.store_dir, job.plan.index) as writer:
         for loaded in load_batches(job.images, config, batch_size=config.batch_size, num_workers=run.num_workers,
                                    max_pixels=run.max_pixels, fail_fast=run.fail_fast, boxes=job.boxes):
@@ -183,22 +171,6 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def store_info_for(config: ExtractorConfig, feature_dtype: str, boxes_sha256: str = "") -> StoreInfo:
-    """What store.json records: D, K, dtype, the whole extractor config and the weights' sha256.
-
-    Given-boxes stores record the boxes file's hash too, so they never mix with detected ones.
-    """
-    settings = {name: str(value) if isinstance(value, Path) else value
-                for name, value in dataclasses.asdict(config).items()}
-    if boxes_sha256:
-        settings["given_boxes_sha256"] = boxes_sha256
-    weights = ""
-    if config.weights:  # a URL is downloaded (once, into the cache) so its content is what gets hashed
-        weights = sha256_file(fetch_weights(config.weights, sha256=config.weights_sha256, cache_dir=config.cache_dir))
-    return StoreInfo(feature_dim=config.spec.feature_dim, max_boxes=config.max_boxes, feature_dtype=feature_dtype,
-                     extractor=settings, weights_sha256=weights)
-
-
 def load_boxes_json(path: str | PathLike[str]) -> dict[str, np.ndarray]:
     """Ground-truth boxes `{image_id: [[x1, y1, x2, y2], ...]}` (original pixels) as (K, 4) float32."""
     path = Path(path)
@@ -221,36 +193,6 @@ def load_boxes_json(path: str | PathLike[str]) -> dict[str, np.ndarray]:
     return boxes
 
 
-def _remove_abandoned_writes(store_dir: Path) -> None:
-    """Delete temp files (shards, manifest) whose writer died (kill -9, power loss); they are never read.
-
-    Only one extraction run may write to a store at a time, so any temp file found now is abandoned.
-    """
-    for path in [*store_dir.iterdir(), *(store_dir / SHARDS_DIR).iterdir()]:
-        if is_temp_path(path) and path.is_file():
-            path.unlink(missing_ok=True)
-
-
-def _file_sha256(path: Path) -> str:
-    """sha256 of an image file; "" when it cannot be read (decoding then records why)."""
-    try:
-        return sha256_file(path)
-    except OSError:
-        return ""
-
-
-def _jobs(images: Sequence[ImageFile], store_dir: Path, shard_size: int, retry_failed: bool,
-          boxes: Optional[Mapping[str, np.ndarray]]) -> tuple[list[ShardJob], int]:
-    """Shard jobs for the images that need work, and how many were skipped as already stored."""
-    by_id = {image.image_id: image for image in images}
-    sources = [(image.image_id, image.relpath, _file_sha256(image.path)) for image in images]
-    plans = plan_shards(sources, store_dir, shard_size, retry_failed=retry_failed)
-    jobs = [ShardJob(store_dir, plan, tuple(by_id[source.image_id] for source in plan.images),
-                     None if boxes is None else {source.image_id: boxes[source.image_id] for source in plan.images})
-            for plan in plans]
-    return jobs, len(images) - sum(len(job.images) for job in jobs)
-
-
 def extract_dataset(images: Sequence[Any], store_dir: str | PathLike[str], config: ExtractorConfig, *,
                     store: StoreConfig = StoreConfig(), run: RunConfig = RunConfig(),
                     boxes: Optional[Mapping[str, np.ndarray]] = None, boxes_sha256: str = "",
@@ -262,18 +204,12 @@ def extract_dataset(images: Sequence[Any], store_dir: str | PathLike[str], confi
     per image). Unreadable images are recorded in failures.parquet and counted, not raised.
     """
     started = time.perf_counter()
-    store_dir = Path(store_dir)
-    images = [ImageFile(image.image_id, Path(image.path), image.relpath) for image in images]
-    if boxes is not None:
-        missing = [image.image_id for image in images if image.image_id not in boxes]
-        if missing:
-            raise ValueError(f"given-boxes mode: {len(missing)} images have no boxes (first: {missing[0]!r})")
-    init_store(store_dir, store_info_for(config, store.feature_dtype, boxes_sha256 if boxes is not None else ""))
-    _remove_abandoned_writes(store_dir)
-    jobs, skipped = _jobs(images, store_dir, store.shard_size, run.retry_failed, boxes)
+    plan = plan_extraction(images, store_dir, config, store=store, retry_failed=run.retry_failed, boxes=boxes,
+                           boxes_sha256=boxes_sha256)
+    jobs = plan.jobs(images, boxes)
     runner = runner or InProcessRunner(config, run, progress=progress)
     results = list(runner.run(jobs)) if jobs else []
-    commit_manifest(store_dir, [image.image_id for image in images])
+    plan.commit()
     failures = tuple(failure for result in sorted(results, key=lambda r: r.index) for failure in result.failed)
-    return ExtractionSummary(store_dir, sum(r.extracted for r in results), skipped, len(failures), len(results),
-                             time.perf_counter() - started, failures)
+    return ExtractionSummary(plan.store_dir, sum(r.extracted for r in results), plan.skipped, len(failures),
+                             len(results), time.perf_counter() - started, failures)

@@ -274,6 +274,19 @@ def load_weights(model: torch.nn.Module, config: ExtractorConfig) -> KeyReport:
 
 # ---------------------------------------------------------------- fetching
 
+WEIGHTS_HELP = ("pass the bottom-up-attention weights (--weights, or --extractor-weights in the workflow): a path or URL, "
+                "e.g. airsplay's faster_rcnn_from_caffe_attr.pkl or MILVLG's bua-caffe-frcn-r101-k36.pth "
+                "(see README, Weights)")
+
+
+def require_weights(config: ExtractorConfig, dataset: str) -> None:
+    """Refuse to describe a real dataset with a randomly initialised detector (only the demo does that)."""
+    if not config.weights:
+        raise InputError(f"extractor weights for {dataset}", WEIGHTS_HELP)
+    if "://" not in config.weights and not Path(config.weights).expanduser().is_file():
+        raise InputError(config.weights, f"extractor weights file is missing; {WEIGHTS_HELP}")
+
+
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scan-pipeline" / "weights"

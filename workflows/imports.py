@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import luigi
 
-from pipeline.errors import InputError
-from pipeline.store.interop import import_records, read_butd_tsv, read_milvlg_npz, read_scan_precomp
+from pipeline.store.interop import import_records
+from pipeline.store.sources import FeatureSource
 from workflows.base import config_settings
 from workflows.data import DatasetTask
-from workflows.features import STORE_SUBDIR, ExtractorParams, parse_features
-
-SPLITS = ("train", "dev", "test")
+from workflows.features import STORE_SUBDIR, ExtractorParams
 
 
 class ImportFeatures(ExtractorParams, DatasetTask):
@@ -26,34 +24,14 @@ class ImportFeatures(ExtractorParams, DatasetTask):
     features = luigi.Parameter(description="precomp:DIR | tsv:FILE | npz:DIR")
 
     def settings(self) -> dict[str, Any]:
-        kind, path = parse_features(self.features)
-        return {"kind": kind, "path": str(path), "max_boxes": self.extractor_config().max_boxes,
+        source = FeatureSource.parse(self.features)
+        return {"kind": source.kind, "path": str(source.path), "max_boxes": self.extractor_config().max_boxes,
                 "store": config_settings(self.store_config())}
 
     def produce(self, out_dir: Path) -> None:
-        kind, path = parse_features(self.features)
-        if not path.exists():
-            raise InputError(path, f"--features {kind}: no such {'file' if kind == 'tsv' else 'directory'}")
-        store = self.store_config()
-        self.report(f"importing {kind} features from {path}")
-        import_records(self.records(kind, path), out_dir / STORE_SUBDIR, max_boxes=self.extractor_config().max_boxes,
-                       feature_dtype=store.feature_dtype, shard_size=store.shard_size, source=path.name,
-                       extractor={"imported_from": kind})
-
-    def records(self, kind: str, path: Path) -> Iterator[Any]:
-        if kind == "tsv":
-            return read_butd_tsv(path)
-        if kind == "npz":
-            return (read_milvlg_npz(file) for file in sorted(path.glob("*.npz")))
-        return self.precomp_records(path)
-
-    def precomp_records(self, folder: Path) -> Iterator[Any]:
-        dataset = self.load()
-        for split in SPLITS:
-            ims = folder / f"{split}_ims.npy"
-            if not ims.exists():
-                continue
-            ids_file = folder / f"{split}_ids.txt"
-            ids = (ids_file.read_text().split() if ids_file.exists()
-                   else [image.image_id for image in dataset.split(split)])
-            yield from read_scan_precomp(ims, ids)
+        source, store = FeatureSource.parse(self.features), self.store_config()
+        self.report(f"importing {source.kind} features from {source.path}")
+        records = source.records(lambda split: [image.image_id for image in self.load().split(split)])
+        import_records(records, out_dir / STORE_SUBDIR, max_boxes=self.extractor_config().max_boxes,
+                       feature_dtype=store.feature_dtype, shard_size=store.shard_size, source=source.path.name,
+                       extractor={"imported_from": source.kind})

@@ -21,12 +21,13 @@ from extractors.detector import build_detector
 from extractors.extract import InProcessRunner, RunConfig, extract_dataset, load_boxes_json
 from extractors.images import BadImageError
 from extractors.loader import images_in_directory
+from extractors.weights import write_published
 from pipeline.errors import InputError
-from pipeline.store import FeatureStore, StoreConfig, verify_store
+from pipeline.store import StoreReader, StoreConfig, verify_store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Few proposals: the res5 box head runs once per proposal and dominates CPU time.
-CONFIG = ExtractorConfig.for_preset("R18-C4-demo", device="cpu", batch_size=2, min_boxes=2, max_boxes=4,
+CONFIG = ExtractorConfig(backbone="R18-C4-demo", device="cpu", batch_size=2, min_boxes=2, max_boxes=4,
                                     rpn_pre_nms_topk=100, rpn_post_nms_topk=4)
 RUN = RunConfig(num_workers=0)
 
@@ -74,7 +75,7 @@ def test_store_holds_every_readable_photo_and_names_the_bad_ones(shared_data, tm
     reasons = dict(zip(failures["image_id"], failures["reason"]))
     assert set(reasons) == {"1001-error-page", "1002-truncated"}
     assert "HTML" in reasons["1001-error-page"] and "truncated" in reasons["1002-truncated"]
-    store = FeatureStore(tmp_path / "store")
+    store = StoreReader(tmp_path / "store")
     assert len(store) == 3 and store.info.feature_dim == 512 and store.info.max_boxes == 4
     assert store.info.extractor["backbone"] == "R18-C4-demo" and store.info.weights_sha256 == ""
     with h5py.File(tmp_path / "store" / "shards" / "shard-00000.h5", "r") as handle:
@@ -131,7 +132,7 @@ def test_given_boxes_mode_keeps_exactly_the_given_boxes(shared_data, tmp_path, d
         np.testing.assert_array_equal(handle["num_boxes"][()], [2, 1])
         np.testing.assert_allclose(handle["boxes"][0, :2], given["1000268201_693b08cb0e"], atol=1e-3)
         assert np.abs(handle["features"][0, :2]).sum() > 0 and not handle["features"][0, 2:].any()
-    assert FeatureStore(tmp_path / "store").info.extractor["given_boxes_sha256"] == "abc"
+    assert StoreReader(tmp_path / "store").info.extractor["given_boxes_sha256"] == "abc"
 
 
 @pytest.mark.parametrize("content, problem", [
@@ -192,7 +193,7 @@ def test_cli_extract_then_verify(shared_data, tmp_path) -> None:
     assert main(["verify", "--store", str(tmp_path / "store")]) == 1
 
 
-def test_cli_extracts_a_registered_dataset_in_its_order(shared_data, tmp_path) -> None:
+def test_cli_extracts_a_registered_dataset_in_its_order(shared_data, tmp_path, detector, capsys) -> None:
     source = json.loads((shared_data / "f30k_mini" / "dataset_flickr30k_subset.json").read_text())
     chosen = [entry for entry in source["images"] if entry["split"] == "test"][:3]
     (tmp_path / "f30k").mkdir()
@@ -201,7 +202,11 @@ def test_cli_extracts_a_registered_dataset_in_its_order(shared_data, tmp_path) -
     from extractors.__main__ import main
     argv = _cli(tmp_path, tmp_path / "store")[3:]
     argv[argv.index("--images"):argv.index("--images") + 2] = ["--dataset", "f30k", "--data-root", str(tmp_path)]
-    assert main(argv) == 0
+    assert main(argv) == 2  # a real dataset is never described by a randomly initialised detector
+    assert "--weights" in capsys.readouterr().err and not (tmp_path / "store").exists()
+    weights = tmp_path / "weights.pkl"
+    write_published(detector.state_dict(), weights, "airsplay", CONFIG.spec)
+    assert main([*argv, "--weights", str(weights)]) == 0
     manifest = pq.read_table(tmp_path / "store" / "manifest.parquet").to_pydict()
     assert manifest["relpath"] == [entry["filename"] for entry in chosen]
 
