@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.store import FeatureStore, RegionRecord, ShardWriter, StoreInfo, commit_manifest, init_store  # noqa: E402
+from pipeline.store import StoreReader, RegionRecord, ShardWriter, StoreInfo, commit_manifest, init_store  # noqa: E402
 from pipeline.store.layout import completed_shards  # noqa: E402
 
 COCO_TRAIN_IMAGES = 113_287
@@ -88,7 +88,7 @@ def read_rate(store_dir: Path, batch_size: int, batches: int) -> dict[str, float
     The in-memory baseline holds the first shard-sized slice of the store (it cannot hold 17 GB),
     and the store reads are restricted to the same images, so both serve identical batches.
     """
-    store = FeatureStore(store_dir)
+    store = StoreReader(store_dir)
     pool = min(len(store), 4000)
     in_memory = np.concatenate([store.read(np.arange(s, min(s + 500, pool)))[0].astype(np.float16)
                                 for s in range(0, pool, 500)])
@@ -115,7 +115,7 @@ def peak_rss_kib() -> int:
 
 def sweep(store_dir: str, batch_size: int, queue: multiprocessing.Queue) -> None:
     """One training epoch of random batches over the whole store, in a fresh process (clean RSS)."""
-    store = FeatureStore(store_dir)
+    store = StoreReader(store_dir)
     order = np.random.default_rng(2).permutation(len(store))
     start = time.perf_counter()
     for first in range(0, len(order), batch_size):

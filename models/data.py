@@ -1,7 +1,7 @@
 """Caption/region pairs for SCAN, read lazily so COCO-sized feature files never sit in memory.
 
 A region source is anything with ``__len__``, ``image_ids`` and ``read(indices)``; the HDF5
-feature store (pipeline.store.FeatureStore) and SCAN's precomp ``.npy`` files both qualify.
+feature store (pipeline.store.StoreReader) and SCAN's precomp ``.npy`` files both qualify.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
 """Shared fixtures: the real data in ../shared/data and small helpers."""
+import os
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,15 @@ SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Root of the real fixtures (Flickr8k, f30k_mini, SCAN vocab, VG vocabularies)."""
+    """Root of the real fixtures (Flickr8k, f30k_mini, SCAN vocab, VG vocabularies).
+
+    Absent fixtures skip a developer's run but fail CI (CI=true), where they must be present.
+    """
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared fixtures not found at {SHARED_DATA.resolve()}")
+        message = f"shared fixtures not found at {SHARED_DATA.resolve()}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true: the real fixtures are required)")
+        pytest.skip(message)
     return SHARED_DATA.resolve()
 
 

@@ -20,7 +20,7 @@ from pipeline.errors import InputError
 from pipeline.atomic import atomic_output, write_text_atomic
 from pipeline.store.layout import StoreInfo, completed_shards, init_store
 from pipeline.store.planning import commit_manifest
-from pipeline.store.reader import FeatureStore
+from pipeline.store.reader import StoreReader
 from pipeline.store.records import RegionRecord
 from pipeline.store.safe_npz import load_npz
 from pipeline.store.writer import ShardWriter
@@ -175,7 +175,7 @@ def export_scan_precomp(store_dir: str | PathLike[str], out_dir: str | PathLike[
                          f"got {len(captions)} lists with counts {sorted(per_image)}")
     if any("\n" in text or "\r" in text for texts in captions for text in texts):
         raise ValueError("captions must not contain line breaks (one caption per line in the caps file)")
-    store = FeatureStore(store_dir)
+    store = StoreReader(store_dir)
     positions = np.array([store.index_of(image_id) for image_id in image_ids], dtype=np.int64)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pipeline.store.layout import MANIFEST, open_shard, read_store_info, shard_p
 from pipeline.store.records import RegionRecord
 
 
-class FeatureStore:
+class StoreReader:
     """Images of a store in manifest order; index i is the i-th manifest row.
 
     Shard files are opened lazily and per process: a handle opened before a DataLoader forks

@@ -15,7 +15,7 @@ from models.compat import load_model
 from models.config import ModelConfig
 from models.reference import func_attention
 from pipeline.captions import Vocabulary
-from pipeline.store import FeatureStore
+from pipeline.store import StoreReader
 from tests.models.test_search import QUERY, TARGET, known_match_setup
 
 
@@ -28,7 +28,7 @@ def setup(tmp_path_factory):
 def explained(setup):
     checkpoint, store, vocab = setup
     model = load_model(checkpoint).model
-    return model, explain_pair(model, Vocabulary.from_scan_json(vocab), FeatureStore(store).get(TARGET), QUERY)
+    return model, explain_pair(model, Vocabulary.from_scan_json(vocab), StoreReader(store).get(TARGET), QUERY)
 
 
 def test_weights_sum_to_one_and_reproduce_the_model_score(explained):

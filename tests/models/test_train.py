@@ -11,6 +11,7 @@ import torch
 from models.compat import load_model
 from models.config import EvalConfig, ModelConfig, TrainConfig
 from models.data import CaptionPairs, PrecompFeatures, image_index_for_captions
+from models.evaluate import evaluate_models
 from models.train import BEST_CHECKPOINT, LAST_CHECKPOINT, SUMMARY, Ranks, epoch_batches, train
 
 CONCEPTS = tuple(f"word{i}" for i in range(20))
@@ -107,8 +108,16 @@ def test_training_refuses_bad_settings(tmp_path):
     assert not (tmp_path / "run" / LAST_CHECKPOINT).exists()
 
 
-def test_dev_evaluation_config_is_used(tmp_path):
-    pairs = precomp_pairs(tmp_path, "train", 4, seed=0)
-    summary = train(MODEL, replace(TRAIN, num_epochs=1), VOCAB_SIZE, pairs, pairs, tmp_path / "run",
-                    eval_config=EvalConfig(split="dev", batch_size=2, score_memory_mb=1))
-    assert len(summary["history"]) == 1 and 0 <= summary["history"][0]["rsum"] <= 600
+def test_dev_validation_is_the_evaluation_of_the_saved_model(tmp_path):
+    """The dev recalls in the history are what evaluate_models reports for model_best, with the given config."""
+    train_pairs, dev_pairs = precomp_pairs(tmp_path, "train", 40, seed=0), precomp_pairs(tmp_path, "dev", 12, seed=1)
+    config = EvalConfig(split="dev", batch_size=2, score_memory_mb=1, fused_scores=False)
+    summary = train(MODEL, replace(TRAIN, num_epochs=1), VOCAB_SIZE, train_pairs, dev_pairs, tmp_path / "run",
+                    eval_config=config)
+    [validated] = summary["history"]
+    expected, _ = evaluate_models([load_model(tmp_path / "run" / BEST_CHECKPOINT).model], dev_pairs, config,
+                                  torch.device("cpu"))
+    for direction in ("i2t", "t2i"):
+        assert validated[direction] == pytest.approx(expected[direction])
+    assert validated["rsum"] == pytest.approx(expected["rsum"])
+    assert validated["rsum"] == pytest.approx(sum(validated[d][k] for d in ("i2t", "t2i") for k in ("r1", "r5", "r10")))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.store import FeatureStore
+from pipeline.store import StoreReader
 from pipeline.store.interop import (AIRSPLAY_TSV_COLUMNS, CAFFE_TSV_COLUMNS, export_scan_precomp, import_records,
                                     read_butd_tsv, read_milvlg_npz, read_scan_precomp)
 from tests.pipeline.test_store_helpers import D, K, assert_same_record, make_record
@@ -41,7 +41,7 @@ def test_butd_tsv_round_trip(tmp_path: Path, airsplay: bool) -> None:
     records = [make_record(f"{391895 + i}", seed=i) for i in range(7)]
     _write_tsv(tmp_path / "feats.tsv", records, airsplay=airsplay)
     import_records(read_butd_tsv(tmp_path / "feats.tsv"), tmp_path / "store", max_boxes=K, shard_size=3, source="feats.tsv")
-    store = FeatureStore(tmp_path / "store")
+    store = StoreReader(tmp_path / "store")
     assert store.image_ids == [r.image_id for r in records]
     for want in records:
         got = store.get(want.image_id)
@@ -95,7 +95,7 @@ def test_milvlg_npz_round_trip(tmp_path: Path) -> None:
         _save_milvlg(tmp_path / f"{record.image_id}.npz", record)
     loaded = [read_milvlg_npz(path) for path in sorted(tmp_path.glob("*.npz"))]
     import_records(loaded, tmp_path / "store", max_boxes=K, shard_size=2)
-    store = FeatureStore(tmp_path / "store")
+    store = StoreReader(tmp_path / "store")
     for want in records:
         assert_same_record(store.get(want.image_id), want)
     _save_milvlg(tmp_path / "plain.npz", records[0], with_attrs=False)
@@ -139,7 +139,7 @@ def test_scan_precomp_import_export_round_trip(tmp_path: Path, shared_data: Path
     ims_path, caps_path = export_scan_precomp(tmp_path / "store", tmp_path / "out", "test", ids, grouped)
     np.testing.assert_array_equal(np.load(ims_path), ims)
     assert caps_path.read_text().splitlines() == captions
-    assert FeatureStore(tmp_path / "store").get(ids[3]).image_hw == (0, 0)
+    assert StoreReader(tmp_path / "store").get(ids[3]).image_hw == (0, 0)
     assert [r.image_id for r in read_scan_precomp(tmp_path / "test_ims.npy")][:2] == ["0", "1"]
 
 

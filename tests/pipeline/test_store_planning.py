@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.store import (FeatureStore, ShardWriter, commit_manifest, config_fingerprint, plan_shards,
+from pipeline.store import (StoreReader, ShardWriter, commit_manifest, config_fingerprint, plan_shards,
                             sha256_file, shard_path)
 from tests.pipeline.test_store_helpers import assert_same_record, build_store, make_record
 
@@ -40,7 +40,7 @@ def test_changed_image_goes_to_a_new_shard_and_manifest_points_to_it(tmp_path: P
     manifest = pq.read_table(tmp_path / "manifest.parquet").to_pydict()
     assert manifest["image_id"] == [f"img{i}" for i in range(6)]
     assert (manifest["shard"][4], manifest["row"][4], manifest["sha256"][4]) == (2, 0, "new-sha")
-    assert_same_record(FeatureStore(tmp_path).get("img4"), newer)
+    assert_same_record(StoreReader(tmp_path).get("img4"), newer)
     assert plan_shards(_images(6, changed={4: "new-sha"}), tmp_path, 3) == []
     assert [p.images[0].image_id for p in plan_shards(_images(6), tmp_path, 3)] == ["img4"], "changed back: redo"
 
@@ -53,7 +53,7 @@ def test_failures_are_recorded_and_retried_only_on_request(tmp_path: Path) -> No
     commit_manifest(tmp_path)
     failures = pq.read_table(tmp_path / "failures.parquet").to_pydict()
     assert failures["image_id"] == ["img3"] and failures["reason"] == ["cannot identify image file"]
-    assert "img3" not in FeatureStore(tmp_path).image_ids
+    assert "img3" not in StoreReader(tmp_path).image_ids
     assert plan_shards(_images(4), tmp_path, 2) == []
     (retry,) = plan_shards(_images(4), tmp_path, 2, retry_failed=True)
     assert [source.image_id for source in retry.images] == ["img3"]
@@ -63,9 +63,9 @@ def test_manifest_is_rebuilt_from_shards_after_a_crash_before_commit(tmp_path: P
     build_store(tmp_path, n_images=3, shard_size=3)
     with ShardWriter.for_store(tmp_path, 1) as writer:
         writer.append(make_record("late", seed=5))
-    assert "late" not in FeatureStore(tmp_path).image_ids
+    assert "late" not in StoreReader(tmp_path).image_ids
     commit_manifest(tmp_path)
-    assert FeatureStore(tmp_path).image_ids == ["img0", "img1", "img2", "late"]
+    assert StoreReader(tmp_path).image_ids == ["img0", "img1", "img2", "late"]
 
 
 def test_commit_refuses_images_never_extracted(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""FeatureStore: batches equal per-image reads, DataLoader workers, clear errors on bad stores."""
+"""StoreReader: batches equal per-image reads, DataLoader workers, clear errors on bad stores."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from pipeline.errors import InputError
-from pipeline.store import FeatureStore, shard_path
+from pipeline.store import StoreReader, shard_path
 from tests.pipeline.test_store_helpers import D, K, build_store
 
 
@@ -22,7 +22,7 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _brute_force(store: FeatureStore, indices: list[int]) -> np.ndarray:
+def _brute_force(store: StoreReader, indices: list[int]) -> np.ndarray:
     expected = np.zeros((len(indices), K, D), np.float32)
     for slot, index in enumerate(indices):
         record = store.get(store.image_ids[index])
@@ -31,7 +31,7 @@ def _brute_force(store: FeatureStore, indices: list[int]) -> np.ndarray:
 
 
 def test_random_batches_match_per_image_reads(store_dir: Path) -> None:
-    store = FeatureStore(store_dir)
+    store = StoreReader(store_dir)
     rng = np.random.default_rng(0)
     for _ in range(5):
         indices = rng.integers(0, len(store), size=9).tolist()
@@ -42,7 +42,7 @@ def test_random_batches_match_per_image_reads(store_dir: Path) -> None:
 
 
 def test_index_of_and_bounds(store_dir: Path) -> None:
-    store = FeatureStore(store_dir)
+    store = StoreReader(store_dir)
     assert store.index_of("img7") == 7 and store.image_ids[7] == "img7"
     with pytest.raises(KeyError, match="nope"):
         store.index_of("nope")
@@ -54,7 +54,7 @@ def test_index_of_and_bounds(store_dir: Path) -> None:
 class _Batches(Dataset):
     """What SCAN training does: one DataLoader item = one batch of store rows."""
 
-    def __init__(self, store: FeatureStore) -> None:
+    def __init__(self, store: StoreReader) -> None:
         self.store = store
 
     def __len__(self) -> int:
@@ -68,7 +68,7 @@ class _Batches(Dataset):
 
 @pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
 def test_reader_in_a_dataloader_with_two_workers(store_dir: Path, context: str) -> None:
-    store = FeatureStore(store_dir)
+    store = StoreReader(store_dir)
     store.read([0, 6, 12])  # parent opens handles before the workers fork
     sampler = BatchSampler(RandomSampler(range(len(store)), generator=torch.Generator().manual_seed(0)), 4, False)
     loader = DataLoader(_Batches(store), sampler=sampler, batch_size=None, num_workers=2, multiprocessing_context=context)
@@ -83,7 +83,7 @@ def test_reader_in_a_dataloader_with_two_workers(store_dir: Path, context: str) 
 
 
 def test_pickled_store_drops_handles_and_reads_the_same(store_dir: Path) -> None:
-    store = FeatureStore(store_dir)
+    store = StoreReader(store_dir)
     before = store.read([3, 17])[0]
     clone = pickle.loads(pickle.dumps(store))
     assert clone._handles == {}
@@ -94,14 +94,14 @@ def test_missing_manifest_is_a_clear_error(tmp_path: Path) -> None:
     build_store(tmp_path, n_images=2, shard_size=2)
     (tmp_path / "manifest.parquet").unlink()
     with pytest.raises(InputError, match="manifest.parquet.*extraction has not finished"):
-        FeatureStore(tmp_path)
+        StoreReader(tmp_path)
 
 
 def test_truncated_shard_is_an_input_error_naming_the_file(tmp_path: Path) -> None:
     build_store(tmp_path, n_images=6, shard_size=3)
     shard = shard_path(tmp_path, 1)
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    store = FeatureStore(tmp_path)
+    store = StoreReader(tmp_path)
     store.read([0, 1])
     with pytest.raises(InputError, match="shard-00001.h5.*truncated or corrupt"):
         store.read([4])

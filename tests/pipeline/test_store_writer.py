@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.store import FeatureStore, ShardWriter, StoreInfo, init_store, read_store_info, shard_path
+from pipeline.store import StoreReader, ShardWriter, StoreInfo, init_store, read_store_info, shard_path
 from tests.pipeline.test_store_helpers import D, K, assert_same_record, build_store, make_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_round_trip_float16_and_float32(tmp_path: Path) -> None:
     for dtype in ("float16", "float32"):
         records = build_store(tmp_path / dtype, n_images=7, shard_size=3, feature_dtype=dtype)
-        store = FeatureStore(tmp_path / dtype)
+        store = StoreReader(tmp_path / dtype)
         assert store.image_ids == [r.image_id for r in records]
         for record in records:
             assert_same_record(store.get(record.image_id), record)
@@ -113,4 +113,4 @@ def test_killed_writer_leaves_no_visible_shard(tmp_path: Path) -> None:
     assert not shard_path(tmp_path, 0).exists()
     assert len(names) == 1 and names[0].startswith("shard-00000.h5.tmp-")
     build_store(tmp_path, n_images=3, shard_size=5)
-    assert len(FeatureStore(tmp_path)) == 3
+    assert len(StoreReader(tmp_path)) == 3

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.store import FeatureStore, ShardWriter, commit_manifest, plan_shards, verify_store
+from pipeline.store import StoreReader, ShardWriter, commit_manifest, plan_shards, verify_store
 from pipeline.store.interop import read_butd_tsv, read_milvlg_npz, read_scan_precomp
 from tests.reliability.workspace_builder import build_store, region_record
 
@@ -40,7 +40,7 @@ def test_truncated_shard_is_reported_by_verify_reader_and_planner(store, keep) -
     shard.write_bytes(data[:keep] if keep >= 0 else data[:keep])
     assert "shard-00001.h5" in _problems(store)
     with pytest.raises(InputError) as raised:
-        FeatureStore(store).read([2, 3])
+        StoreReader(store).read([2, 3])
     assert raised.value.path.endswith("shard-00001.h5")
     with pytest.raises(InputError, match="shard-00001.h5"):
         plan_shards([("img9", "img9.jpg", "")], store, 2)
@@ -136,10 +136,10 @@ def test_stale_unreadable_or_foreign_manifest_and_store_json(store) -> None:
     (store / "manifest.parquet").write_bytes(b"PAR1 not really")
     assert "manifest.parquet: unreadable" in _problems(store)
     with pytest.raises(InputError, match="unreadable manifest"):
-        FeatureStore(store)
+        StoreReader(store)
     (store / "store.json").write_text('{"feature_dim": "eight"')
     with pytest.raises(InputError, match="store.json: not a valid store description"):
-        FeatureStore(store)
+        StoreReader(store)
     assert "not a valid store description" in _problems(store)
 
 

@@ -18,8 +18,8 @@ import torch
 from tests.workflows.conftest import REPO_ROOT, TINY_DEMO, params_of, as_flags, luigi_command, run_luigi, running_luigid
 from workflows import EvaluateSCAN, FeatureStore, GenerateDemo, TrainModel, TrainSCAN
 from workflows.base import ArtifactTask
-from workflows.evaluation import RESULTS_FILE
-from workflows.workspace import MARKER
+from models.store_pairs import RESULTS_FILE
+from pipeline.workspace import MARKER
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import luigi
 import numpy as np
 import pytest
 
-from pipeline.store import FeatureStore as StoreReader
+from pipeline.store import StoreReader
 from tests.workflows.conftest import TINY_DEMO, params_of
 from workflows import ImportFeatures, PrepareCaptions, TrainSCAN
 from workflows.evaluation import RESULTS_FILE, EvaluateSCAN
