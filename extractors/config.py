@@ -5,10 +5,14 @@ The Luigi tasks generate their parameters from `ExtractorConfig`; model code onl
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
 WEIGHT_FORMATS = ("auto", "airsplay", "milvlg")
+# How the detector is fetched and run, not what it computes: left out of a store's identity, so the same
+# weights by another path, or another batch size or device, extend the same store.
+RUNTIME_FIELDS = ("weights", "weights_sha256", "cache_dir", "batch_size", "device")
 AMP_DTYPES = ("", "fp16", "bf16")
 CAFFE_PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
 
@@ -113,3 +117,7 @@ class ExtractorConfig:
     @property
     def spec(self) -> BackboneSpec:
         return PRESETS[self.backbone]
+
+    def feature_settings(self) -> dict[str, object]:
+        """The settings that decide the features (weights count by their sha256, recorded beside these)."""
+        return {name: value for name, value in dataclasses.asdict(self).items() if name not in RUNTIME_FIELDS}

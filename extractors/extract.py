@@ -27,6 +27,7 @@ from extractors.loader import ImageFile, LoadedBatch, load_batches
 from extractors.plan import ShardJob, plan_extraction
 from pipeline.atomic import remove_abandoned_temp_files
 from pipeline.errors import InputError
+from pipeline.fingerprints import FileHashCache
 from pipeline.store import RegionRecord, ShardPlan, ShardWriter, StoreConfig
 
 
@@ -195,21 +196,23 @@ def load_boxes_json(path: str | PathLike[str]) -> dict[str, np.ndarray]:
 
 def extract_dataset(images: Sequence[Any], store_dir: str | PathLike[str], config: ExtractorConfig, *,
                     store: StoreConfig = StoreConfig(), run: RunConfig = RunConfig(),
-                    boxes: Optional[Mapping[str, np.ndarray]] = None, boxes_sha256: str = "",
-                    runner: Optional[ShardRunner] = None, progress: bool = True) -> ExtractionSummary:
+                    boxes: Optional[Mapping[str, np.ndarray]] = None, runner: Optional[ShardRunner] = None,
+                    hashes: Optional[FileHashCache] = None, prune: bool = False,
+                    progress: bool = True) -> ExtractionSummary:
     """Extract every image not yet in the store (new or changed), then commit the manifest.
 
-    `images`: ImageFile or pipeline.datasets.ImageRecord (anything with image_id, path, relpath);
-    the manifest lists them in this order. `boxes` switches to given-boxes mode (one (K, 4) array
-    per image). Unreadable images are recorded in failures.parquet and counted, not raised.
+    `images`: ImageFile or pipeline.datasets.ImageRecord (anything with image_id, path, relpath); the
+    manifest adds them in this order to the images it already lists (only them with `prune`). `boxes`
+    switches to given-boxes mode (one (K, 4) array per image). Unreadable images are recorded in
+    failures.parquet and counted, not raised.
     """
     started = time.perf_counter()
     plan = plan_extraction(images, store_dir, config, store=store, retry_failed=run.retry_failed, boxes=boxes,
-                           boxes_sha256=boxes_sha256)
+                           hashes=hashes)
     jobs = plan.jobs(images, boxes)
     runner = runner or InProcessRunner(config, run, progress=progress)
     results = list(runner.run(jobs)) if jobs else []
-    plan.commit()
+    plan.commit(prune=prune)
     failures = tuple(failure for result in sorted(results, key=lambda r: r.index) for failure in result.failed)
     return ExtractionSummary(plan.store_dir, sum(r.extracted for r in results), plan.skipped, len(failures),
                              len(results), time.perf_counter() - started, failures)
