@@ -39,6 +39,7 @@ from models.loss import ContrastiveLoss
 from pipeline.atomic import atomic_output, remove_abandoned_temp_files, write_text_atomic
 from pipeline.captions import Vocabulary
 from pipeline.devices import resolve_device
+from pipeline.processes import exclusive_folder
 from pipeline.errors import InputError
 
 LAST_CHECKPOINT = "checkpoint.pth"
@@ -94,22 +95,29 @@ def train(model_config: ModelConfig, train_config: TrainConfig, vocab_size: int,
             raise ValueError(f"batch_size {train_config.batch_size} does not split over {ranks.world} processes")
         if train_config.bf16 and ranks.device.type != "cuda":
             raise ValueError("bf16 autocast needs a CUDA device")
-        state = _TrainingState.create(model_config, train_config, vocab_size, ranks, out_dir)
-        writer = SummaryWriter(out_dir / "tensorboard") if ranks.is_main else None
-        try:
-            for epoch in range(state.epoch, train_config.num_epochs):
-                _train_epoch(state, train_pairs, epoch, writer, progress)
-                state.epoch = epoch + 1
-                _validate_and_save(state, dev_pairs, eval_config, writer, progress)
-        finally:
-            if writer is not None:
-                writer.close()
+        # Rank 0 is the only writer; a second run on the same folder would interleave checkpoints.
+        with exclusive_folder(out_dir, "training") if ranks.is_main else nullcontext():
+            state = _TrainingState.create(model_config, train_config, vocab_size, ranks, out_dir)
+            _run_epochs(state, train_pairs, dev_pairs, eval_config, progress)
         if ranks.world > 1:
             dist.barrier()  # the others wait for rank 0's last validation and checkpoint
         return state.summary()
     finally:
         if started_group:
             dist.destroy_process_group()
+
+
+def _run_epochs(state: _TrainingState, train_pairs: CaptionPairs, dev_pairs: CaptionPairs, eval_config: EvalConfig,
+                progress: Progress | None) -> None:
+    writer = SummaryWriter(state.out_dir / "tensorboard") if state.ranks.is_main else None
+    try:
+        for epoch in range(state.epoch, state.config.num_epochs):
+            _train_epoch(state, train_pairs, epoch, writer, progress)
+            state.epoch = epoch + 1
+            _validate_and_save(state, dev_pairs, eval_config, writer, progress)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def write_train_job(path: str | PathLike[str], *, model_config: ModelConfig, train_config: TrainConfig,
@@ -197,8 +205,7 @@ class _TrainingState:
     def summary(self) -> dict[str, Any]:
         return {"epochs": self.epoch, "steps": self.step, "best_rsum": self.best_rsum,
                 "best_epoch": self.best_epoch, "history": self.history,
-                "checkpoint": str(self.out_dir / LAST_CHECKPOINT),
-                "best_checkpoint": str(self.out_dir / BEST_CHECKPOINT)}
+                "checkpoint": LAST_CHECKPOINT, "best_checkpoint": BEST_CHECKPOINT}  # beside summary.json
 
 
 def _train_epoch(state: _TrainingState, pairs: CaptionPairs, epoch: int, writer: SummaryWriter | None,
