@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 WEIGHT_FORMATS = ("auto", "airsplay", "milvlg")
+# How proposals, boxes and regions are computed around the same network (see README, "Recipes"):
+# caffe = bottom-up-attention's generate_tsv.py (and MILVLG); airsplay = py-bottom-up-attention's
+# detectron2 pipeline (demo/detectron2_mscoco_proposal_maxnms.py, attributes as in its attr demo).
+RECIPES = ("caffe", "airsplay")
 AMP_DTYPES = ("", "fp16", "bf16")
 CAFFE_PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
 
@@ -67,14 +71,19 @@ class ExtractorConfig:
     weights_sha256: str = field(default="", metadata={"help": "Expected SHA-256 of the weights file; empty = not checked."})
     weights_format: str = field(default="auto", metadata={"help": "Weights layout: auto | airsplay (.pkl) | milvlg (.pth)."})
     cache_dir: str = field(default="", metadata={"help": "Where downloaded weights are kept; empty = ~/.cache/scan-pipeline/weights."})
+    recipe: str = field(default="caffe", metadata={"help": "Pipeline around the network: caffe (generate_tsv.py, MILVLG: "
+                                                             "the SCAN features) | airsplay (py-bottom-up-attention, LXMERT-style)."})
     min_boxes: int = field(default=36, metadata={"help": "Fewest regions kept per image."})
     max_boxes: int = field(default=36, metadata={"help": "Most regions kept per image."})
-    conf_thresh: float = field(default=0.2, metadata={"help": "Keep regions whose best class score after per-class NMS reaches this."})
-    nms_thresh: float = field(default=0.3, metadata={"help": "IoU threshold of the per-class NMS in region selection."})
+    conf_thresh: float = field(default=0.2, metadata={"help": "Keep regions whose best class score after per-class NMS reaches this "
+                                                              "(caffe recipe; airsplay's script ignores its score threshold)."})
+    nms_thresh: float = field(default=0.3, metadata={"help": "IoU threshold of the per-class NMS in region selection (caffe); "
+                                                             "the first of airsplay's rising thresholds (+0.1 until min_boxes survive)."})
     rpn_pre_nms_topk: int = field(default=6000, metadata={"help": "RPN proposals kept before NMS."})
     rpn_post_nms_topk: int = field(default=300, metadata={"help": "RPN proposals kept after NMS."})
     rpn_nms_thresh: float = field(default=0.7, metadata={"help": "IoU threshold of the RPN NMS."})
-    rpn_min_size: int = field(default=16, metadata={"help": "Drop proposals smaller than this (original-image pixels)."})
+    rpn_min_size: int = field(default=16, metadata={"help": "Drop proposals smaller than this (original-image pixels; caffe recipe, "
+                                                            "airsplay keeps every non-empty box)."})
     test_short_side: int = field(default=600, metadata={"help": "Resize the shorter image side to this many pixels."})
     test_max_side: int = field(default=1000, metadata={"help": "Cap the longer image side at this many pixels."})
     batch_size: int = field(default=1, metadata={"help": "Images per forward pass (zero-padded to the largest)."})
@@ -85,6 +94,8 @@ class ExtractorConfig:
     def __post_init__(self) -> None:
         if self.backbone not in PRESETS:
             raise ValueError(f"backbone={self.backbone!r}; expected one of {', '.join(PRESETS)}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe={self.recipe!r}; expected one of {', '.join(RECIPES)}")
         if self.weights_format not in WEIGHT_FORMATS:
             raise ValueError(f"weights_format={self.weights_format!r}; expected one of {', '.join(WEIGHT_FORMATS)}")
         if self.amp_dtype not in AMP_DTYPES:

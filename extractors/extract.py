@@ -25,7 +25,7 @@ from extractors.config import ExtractorConfig
 from extractors.detector import build_detector
 from extractors.images import DEFAULT_MAX_PIXELS
 from extractors.loader import ImageFile, LoadedBatch, load_batches
-from extractors.weights import fetch_weights
+from extractors.weights import fetch_weights, read_weights
 from pipeline.errors import InputError
 from pipeline.store import (RegionRecord, ShardPlan, ShardWriter, StoreConfig, StoreInfo, commit_manifest, init_store,
                             plan_shards, sha256_file)
@@ -186,15 +186,18 @@ def torch_threads(count: int) -> Iterator[None]:
 def store_info_for(config: ExtractorConfig, feature_dtype: str, boxes_sha256: str = "") -> StoreInfo:
     """What store.json records: D, K, dtype, the whole extractor config and the weights' sha256.
 
-    Given-boxes stores record the boxes file's hash too, so they never mix with detected ones.
+    Given-boxes stores record the boxes file's hash too, so they never mix with detected ones;
+    `attribute_head` says whether the weights have one (false: attr_ids and attr_conf are 0).
     """
     settings = {name: str(value) if isinstance(value, Path) else value
                 for name, value in dataclasses.asdict(config).items()}
     if boxes_sha256:
         settings["given_boxes_sha256"] = boxes_sha256
     weights = ""
+    settings["attribute_head"] = True  # a random init has one
     if config.weights:  # a URL is downloaded (once, into the cache) so its content is what gets hashed
         weights = sha256_file(fetch_weights(config.weights, sha256=config.weights_sha256, cache_dir=config.cache_dir))
+        settings["attribute_head"] = read_weights(config).with_attributes
     return StoreInfo(feature_dim=config.spec.feature_dim, max_boxes=config.max_boxes, feature_dtype=feature_dtype,
                      extractor=settings, weights_sha256=weights)
 
