@@ -145,25 +145,21 @@ def _best_of(function: Callable[[], object], repeats: int) -> tuple[float, float
 
 def stage_selection(args: argparse.Namespace) -> None:
     images, settings = (1 if args.quick else 3), dict(conf_thresh=0.2, nms_thresh=0.3, min_boxes=10, max_boxes=100)
-    default_threads = torch.get_num_threads()
     print(f"[selection] 300 proposals x 1601 classes, conf 0.2, NMS 0.3, 10-100 boxes, {images} image(s) per kind; "
-          "ours best of 5 (wall and CPU time), the numpy loop once per image, ratio on the worst image")
+          "ours best of 5 (wall and CPU time; it runs on one intra-op thread), the numpy loop once per image")
     for kind in ("detector-like", "flat"):
         rng = np.random.default_rng(0)
         inputs = [selection_inputs(rng, kind) for _ in range(images)]
-        loops, expected = zip(*(_best_of(lambda: numpy_loop_selection(b, p, **settings), 1)[::2] for b, p in inputs))
-        for threads in sorted({1, default_threads}):
-            torch.set_num_threads(threads)
-            timings = [_best_of(lambda: select_regions(torch.from_numpy(b), torch.from_numpy(p), **settings), 5)
-                       for b, p in inputs]
-            if any(not np.array_equal(keep.numpy(), reference) for (_, _, keep), reference in zip(timings, expected)):
-                raise SystemExit(f"{kind}: selection differs from the numpy loop")
-            worst = max(wall for wall, _, _ in timings)
-            ratio = min(loop / wall for loop, (wall, _, _) in zip(loops, timings))
-            print(f"{kind:>13}, {threads} torch thread(s): ours {1000 * worst:6.1f} ms wall "
-                  f"({1000 * max(cpu for _, cpu, _ in timings):6.1f} ms CPU), numpy loop {1000 * max(loops):6.0f} ms, "
-                  f"ratio {ratio:5.1f}x, identical output")
-        torch.set_num_threads(default_threads)
+        loops, expected = zip(*(_best_of(lambda b=b, p=p: numpy_loop_selection(b, p, **settings), 1)[::2]
+                                for b, p in inputs))
+        timings = [_best_of(lambda b=b, p=p: select_regions(torch.from_numpy(b), torch.from_numpy(p), **settings), 5)
+                   for b, p in inputs]
+        if any(not np.array_equal(keep.numpy(), reference) for (_, _, keep), reference in zip(timings, expected)):
+            raise SystemExit(f"{kind}: selection differs from the numpy loop")
+        ratio = min(loop / wall for loop, (wall, _, _) in zip(loops, timings))
+        print(f"{kind:>13}: ours {1000 * max(wall for wall, _, _ in timings):6.1f} ms wall "
+              f"({1000 * max(cpu for _, cpu, _ in timings):5.1f} ms CPU), numpy loop {1000 * max(loops):6.0f} ms, "
+              f"ratio {ratio:5.1f}x on the worst image, identical output")
     print("targets: >= 10x the numpy loop, <= 100 ms per image")
 
 

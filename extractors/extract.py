@@ -8,7 +8,6 @@ to an uninterrupted one.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
@@ -18,13 +17,13 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from extractors.config import ExtractorConfig
 from extractors.detector import build_detector
 from extractors.images import DEFAULT_MAX_PIXELS
 from extractors.loader import ImageFile, LoadedBatch, load_batches
+from extractors.threads import torch_threads
 from extractors.weights import fetch_weights, read_weights
 from pipeline.errors import InputError
 from pipeline.store import (RegionRecord, ShardPlan, ShardWriter, StoreConfig, StoreInfo, commit_manifest, init_store,
@@ -169,18 +168,6 @@ class InProcessRunner:
                 torch_threads(self.run_config.torch_threads):
             for job in jobs:
                 yield extract_shard(job, self._detector, self.config, self.run_config, bar)
-
-
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with `count` intra-op threads (0: leave as is); restores the previous count."""
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def store_info_for(config: ExtractorConfig, feature_dtype: str, boxes_sha256: str = "") -> StoreInfo:

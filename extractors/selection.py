@@ -11,12 +11,17 @@ the proposals' best-class regressed boxes, its threshold raised by 0.1 until min
 the best max_boxes kept.
 
 Ties (equal scores) go to the lower proposal index, i.e. the proposal the RPN ranked higher.
+On the CPU the selection runs on one intra-op thread: its tensors are small (at most R x C),
+and a second thread only adds waits at every operation when the cores are busy (decoding
+workers, other jobs): 10 ms became 600 ms under load in bench_extract.py.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torchvision.ops import nms
+
+from extractors.threads import torch_threads
 
 BITS_PER_WORD = 64  # packed overlap rows: one int64 word holds the overlap bits of 64 boxes
 
@@ -109,7 +114,8 @@ def max_confidence_after_nms(boxes: torch.Tensor, class_probs: torch.Tensor, nms
     for all), as in the reference loop over classes 1..C.
     """
     scores = class_probs[:, 1:].float()
-    return max_confidence_at_least(boxes, scores, nms_thresh, 0.0)[0]
+    with torch_threads(1 if scores.device.type == "cpu" else 0):
+        return max_confidence_at_least(boxes, scores, nms_thresh, 0.0)[0]
 
 
 def select_regions(boxes: torch.Tensor, class_probs: torch.Tensor, *, conf_thresh: float, nms_thresh: float,
@@ -122,15 +128,16 @@ def select_regions(boxes: torch.Tensor, class_probs: torch.Tensor, *, conf_thres
     min_boxes proposals are known: the result is the full computation's, at a fraction of it.
     """
     scores = class_probs[:, 1:].float()
-    for floor in (conf_thresh, conf_thresh / 8, conf_thresh / 64, 0.0):
-        max_conf, known = max_confidence_at_least(boxes, scores, nms_thresh, floor)
-        keep = torch.nonzero(known & (max_conf >= conf_thresh)).flatten()
-        if keep.numel() >= min_boxes or int(known.sum()) >= min_boxes or floor == 0.0:
-            break
-    if min_boxes <= keep.numel() <= max_boxes:
-        return keep
-    by_confidence = torch.argsort(max_conf, descending=True, stable=True)
-    return by_confidence[: min_boxes if keep.numel() < min_boxes else max_boxes]
+    with torch_threads(1 if scores.device.type == "cpu" else 0):
+        for floor in (conf_thresh, conf_thresh / 8, conf_thresh / 64, 0.0):
+            max_conf, known = max_confidence_at_least(boxes, scores, nms_thresh, floor)
+            keep = torch.nonzero(known & (max_conf >= conf_thresh)).flatten()
+            if keep.numel() >= min_boxes or int(known.sum()) >= min_boxes or floor == 0.0:
+                break
+        if min_boxes <= keep.numel() <= max_boxes:
+            return keep
+        by_confidence = torch.argsort(max_conf, descending=True, stable=True)
+        return by_confidence[: min_boxes if keep.numel() < min_boxes else max_boxes]
 
 
 def select_best_class_regions(boxes: torch.Tensor, scores: torch.Tensor, *, nms_thresh: float, min_boxes: int,

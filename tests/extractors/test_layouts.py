@@ -151,7 +151,7 @@ def test_milvlg_cell_anchors_built_from_sizes_alone_are_refused(tmp_path, native
     published[CELL_ANCHORS_KEY] = torch.from_numpy(detectron2_cell_anchors(sizes=(4, 8, 16, 32)))
     path = tmp_path / "bua-caffe-frcn-r18-d2anchors.pth"
     torch.save({"model": published}, path)
-    code, out, err = _verify(path, capsys)
+    code, _, err = _verify(path, capsys)
     assert code == 2 and CELL_ANCHORS_KEY in err and "another anchor setup" in err and "generate_anchors" in err
     with pytest.raises(InputError, match=r"bua-caffe-frcn-r18-d2anchors\.pth.*cell_anchors"):
         build_detector(replace(CONFIG, weights=str(path)))
