@@ -25,18 +25,20 @@ FLAG_NAMES = {RunConfig: {"num_workers": "--workers"},
 
 
 def run_verify_weights(args: argparse.Namespace) -> int:
-    """Print how the file's keys fit the preset; success only with zero problems."""
+    """Print what the conversion did and how the file's keys fit the preset; success only with zero problems."""
     from extractors.detector import BottomUpDetector
-    from extractors.weights import check_weights, fetch_weights
+    from extractors.weights import compare_keys, convert_file, fetch_weights
 
     config = ExtractorConfig(backbone=args.backbone, weights_format=args.format)
-    model = BottomUpDetector(config)
     try:
         path = fetch_weights(args.path, sha256=args.sha256)
-        report, _ = check_weights(path, args.format, model, config.spec)
+        converted = convert_file(path, args.format, config.spec)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    report = compare_keys(converted.native, BottomUpDetector(config, converted.with_attributes).state_dict())
+    for note in converted.notes:
+        print(note)
     print(f"missing: {len(report.missing)}")
     print(f"unexpected: {len(report.unexpected)}")
     print(f"shape-mismatched: {len(report.mismatched)}")

@@ -8,7 +8,6 @@ to an uninterrupted one.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from extractors.config import ExtractorConfig
@@ -25,6 +23,7 @@ from extractors.detector import build_detector
 from extractors.images import DEFAULT_MAX_PIXELS
 from extractors.loader import ImageFile, LoadedBatch, load_batches
 from extractors.plan import ShardJob, plan_extraction
+from extractors.threads import torch_threads
 from pipeline.atomic import remove_abandoned_temp_files
 from pipeline.errors import InputError
 from pipeline.fingerprints import FileHashCache
@@ -160,16 +159,6 @@ class InProcessRunner:
                 yield extract_shard(job, self._detector, self.config, self.run_config, bar)
 
 
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with `count` intra-op threads (0: leave as is); restores the previous count."""
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def load_boxes_json(path: str | PathLike[str]) -> dict[str, np.ndarray]:

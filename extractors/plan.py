@@ -20,7 +20,7 @@ import numpy as np
 
 from extractors.config import ExtractorConfig
 from extractors.loader import ImageFile
-from extractors.weights import fetch_weights
+from extractors.weights import fetch_weights, read_weights
 from pipeline.atomic import remove_abandoned_temp_files
 from pipeline.errors import InputError
 from pipeline.fingerprints import FileHashCache
@@ -123,10 +123,11 @@ def store_info_for(config: ExtractorConfig, feature_dtype: str, given_boxes: boo
     settings = config.feature_settings()
     if given_boxes:
         settings["given_boxes"] = True
-    weights = ""
+    weights, settings["attribute_head"] = "", True  # a random init has one
     if config.weights:  # a URL is downloaded (once, into the cache) so its content is what gets hashed
         path = fetch_weights(config.weights, sha256=config.weights_sha256, cache_dir=config.cache_dir)
         weights = (hashes or FileHashCache(None)).sha256(path)
+        settings["attribute_head"] = read_weights(config).with_attributes  # without: attr_ids, attr_conf are 0
     return StoreInfo(feature_dim=config.spec.feature_dim, max_boxes=config.max_boxes, feature_dtype=feature_dtype,
                      extractor=settings, weights_sha256=weights)
 
