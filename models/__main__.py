@@ -15,7 +15,7 @@ import torch
 from models.attention_viz import add_attention_arguments, run_attention
 from models.compat import load_model, load_precomp_split
 from models.config import EvalConfig
-from models.evaluate import evaluate_models, format_table, save_results
+from models.evaluate import evaluate_models, evaluation_pairs, format_table, save_results
 from models.search import SearchConfig, add_search_arguments, run_search
 from models.train import run_train_job
 from pipeline.captions import Vocabulary
@@ -66,13 +66,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     config = config_from_args(args, EvalConfig)
     device = torch.device(args.device)
     vocab = Vocabulary.from_scan_json(args.vocab)
-    pairs = load_precomp_split(args.data, config.split, vocab)
+    pairs, protocol = evaluation_pairs(load_precomp_split(args.data, config.split, vocab), config.split,
+                                       config.reference_dev)
     loaded = [load_model(path, device) for path in args.checkpoint]
     for path, entry in zip(args.checkpoint, loaded):
         if entry.vocab_size != len(vocab):
             raise InputError(args.vocab, f"{len(vocab)} words, but {path} was trained with {entry.vocab_size}")
     models = [entry.model for entry in loaded]
     results, ranks = evaluate_models(models, pairs, config, device, progress=True)
+    results = {**results, "protocol": protocol.as_dict()}
+    print(protocol.describe())
     print(format_table(results))
     if args.json is not None:
         save_results(results, ranks, args.json)

@@ -63,6 +63,7 @@ class EvalConfig:
 
     split: str = field(default="test", metadata={"help": "Split to evaluate: dev | test (COCO: testall for the 5K images)."})
     fold5: bool = field(default=False, metadata={"help": "COCO: average over five 1K folds instead of the full 5K."})
+    reference_dev: bool = field(default=True, metadata={"help": "Dev split of SCAN precomp data: only its first 5000 captions / 1000 images, as the reference's loader; --no-reference-dev scores the whole split."})
     score_memory_mb: int = field(default=1024, metadata={"help": "Memory budget for one chunk of the similarity computation."})
     fused_scores: bool = field(default=True, metadata={"help": "Score large CPU evaluations with the fused C++ kernel (built once on first use; needs a C++ compiler, else eager PyTorch)."})
     batch_size: int = field(default=128, metadata={"help": "Batch size for encoding images and captions."})

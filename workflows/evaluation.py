@@ -26,7 +26,8 @@ SPLIT_NAMES = {"testall": "test"}  # COCO's 5K test images are our "test" split
 
 class EvalParams:
     locals().update(config_params(EvalConfig, prefix="eval_", choices={"split": ("dev", "test", "testall")},
-                                  insignificant=("score_memory_mb", "fused_scores", "batch_size")))
+                                  insignificant=("score_memory_mb", "fused_scores", "batch_size"),
+                                  exclude=("reference_dev",)))  # store splits are scored whole
 
     def eval_config(self) -> EvalConfig:
         return build_config(self, EvalConfig, prefix="eval_")
