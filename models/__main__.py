@@ -1,4 +1,4 @@
-"""Command line: ``python -m models evaluate|train|search|attention ...`` (see each ``--help``).
+"""Command line: ``python -m models evaluate|export-scan|train|search|attention ...`` (see each ``--help``).
 
 Evaluation options are generated from EvalConfig, so the CLI and the Luigi tasks share one
 definition of each setting.
@@ -16,6 +16,7 @@ from models.attention_viz import add_attention_arguments, run_attention
 from models.compat import load_model, load_precomp_split
 from models.config import EvalConfig
 from models.evaluate import evaluate_models, evaluation_pairs, format_table, save_results
+from models.export import export_scan
 from models.search import SearchConfig, add_search_arguments, run_search
 from models.train import run_train_job
 from pipeline.captions import Vocabulary
@@ -52,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", type=Path, help="Write results here (ranks beside it as .npy).")
     evaluate.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N.")
     add_dataclass_options(evaluate, EvalConfig)
+    export = commands.add_parser("export-scan", help="Our checkpoint -> the reference SCAN's model_best.pth.tar + vocab")
+    export.add_argument("--checkpoint", required=True, type=Path, help="Our checkpoint (model_best.pth).")
+    export.add_argument("--vocab", required=True, type=Path, help="SCAN vocabulary JSON the model was trained with.")
+    export.add_argument("--out", required=True, type=Path, help="Folder for model_best.pth.tar and the vocabulary.")
+    export.add_argument("--data-name", help="Dataset name for the reference, e.g. f30k_precomp (default: from X_vocab.json).")
+    export.add_argument("--data-path", default="./data/", help="opt.data_path for the reference (default: ./data/).")
     train = commands.add_parser("train", help="Train from a JSON job (models.train.write_train_job); torchrun-ready")
     train.add_argument("--config", required=True, type=Path, help="Job file.")
     search = commands.add_parser("search", help="Text -> top-k images of a store, image -> top-k captions")
@@ -82,11 +89,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    files = export_scan(args.checkpoint, args.vocab, args.out, data_name=args.data_name, data_path=args.data_path)
+    print(f"wrote {files.checkpoint} and {files.vocab}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "evaluate":
             return run_evaluate(args)
+        if args.command == "export-scan":
+            return run_export(args)
         if args.command == "search":
             return run_search(args, config_from_args(args, SearchConfig))
         if args.command == "attention":
