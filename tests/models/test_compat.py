@@ -167,16 +167,18 @@ def test_evaluate_command_on_an_ensemble(tmp_path, precomp_dir, vocab, shared_da
 
 @pytest.mark.slow
 def test_evaluate_command_scores_dev_as_the_reference(tmp_path, vocab, shared_data, capsys):
-    """SCAN's real Flickr30K dev captions (5070) with 1014 images: the reference scores the first 5000."""
-    (tmp_path / "dev_caps.txt").write_bytes((shared_data / "scan_f30k" / "dev_caps.txt").read_bytes())
-    np.save(tmp_path / "dev_ims.npy", np.random.default_rng(0).normal(size=(1014, 2, 8)).astype(np.float32))
-    config = ModelConfig(img_dim=8, word_dim=4, embed_size=8)
+    """Flickr30K's precomp dev size, 1014 images / 5070 captions: the reference scores the first 5000.
+    One-word captions and one region per image keep the 1000 x 5000 scoring cheap."""
+    words = ("dog", "man", "girl", "car", "tree", "ball", "water")
+    (tmp_path / "dev_caps.txt").write_text("".join(f"{words[i % 7]}\n" for i in range(5070)))
+    np.save(tmp_path / "dev_ims.npy", np.random.default_rng(0).normal(size=(1014, 1, 4)).astype(np.float32))
+    config = ModelConfig(img_dim=4, word_dim=4, embed_size=4)
     torch.manual_seed(0)
     model = SCANModel(len(vocab), config).eval()
     torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "model_config": asdict(config),
                 "vocab_size": len(vocab)}, tmp_path / "ours.pth")
     command = ["evaluate", "--checkpoint", str(tmp_path / "ours.pth"), "--data", str(tmp_path), "--vocab",
-               str(shared_data / "scan_f30k" / "f30k_precomp_vocab.json"), "--split", "dev", "--batch-size", "512",
+               str(shared_data / "scan_f30k" / "f30k_precomp_vocab.json"), "--split", "dev", "--batch-size", "1024",
                "--no-fused-scores"]
     assert models_main([*command, "--json", str(tmp_path / "reference.json")]) == 0
     assert "dev, reference protocol: the first 1000 images / 5000 captions of 1014 / 5070" in capsys.readouterr().out
@@ -185,6 +187,6 @@ def test_evaluate_command_scores_dev_as_the_reference(tmp_path, vocab, shared_da
     reference, full = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("reference", "full"))
     assert (reference["protocol"]["images"], full["protocol"]["captions"]) == (1000, 5070)
     head = first_images(load_precomp_split(tmp_path, "dev", vocab), 1000)
-    expected, _ = evaluate_models([model], head, EvalConfig(batch_size=512, fused_scores=False), torch.device("cpu"))
+    expected, _ = evaluate_models([model], head, EvalConfig(batch_size=1024, fused_scores=False), torch.device("cpu"))
     assert {k: reference[k] for k in expected} == expected
     assert len(np.load(tmp_path / "reference_t2i_ranks.npy")) == 5000 and len(np.load(tmp_path / "full_t2i_ranks.npy")) == 5070
