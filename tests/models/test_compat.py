@@ -189,4 +189,5 @@ def test_evaluate_command_scores_dev_as_the_reference(tmp_path, vocab, shared_da
     head = first_images(load_precomp_split(tmp_path, "dev", vocab), 1000)
     expected, _ = evaluate_models([model], head, EvalConfig(batch_size=1024, fused_scores=False), torch.device("cpu"))
     assert {k: reference[k] for k in expected} == expected
-    assert len(np.load(tmp_path / "reference_t2i_ranks.npy")) == 5000 and len(np.load(tmp_path / "full_t2i_ranks.npy")) == 5070
+    assert len(np.load(tmp_path / "reference_t2i_ranks.npy")) == 5000
+    assert len(np.load(tmp_path / "full_t2i_ranks.npy")) == 5070

@@ -91,7 +91,8 @@ def test_export_has_the_reference_layout(tmp_path, config):
     reference_image, reference_text = reference_encoders(opt)
     for exported, module in zip(checkpoint["model"], (reference_image, reference_text)):
         expected = module.state_dict()
-        assert [(k, v.shape, v.dtype) for k, v in exported.items()] == [(k, v.shape, v.dtype) for k, v in expected.items()]
+        layout = [(k, v.shape, v.dtype) for k, v in exported.items()]
+        assert layout == [(k, v.shape, v.dtype) for k, v in expected.items()]
         module.load_state_dict(exported)                                # strict: nothing missing or extra
     for name, value in original.img_enc.state_dict().items():
         assert torch.equal(checkpoint["model"][0][name], value), name
@@ -187,9 +188,8 @@ def reference_text_forward(text_encoder: nn.Module, captions: list[list[int]], o
 
 def recalls(ranks: np.ndarray) -> dict[str, float]:
     """r1/r5/r10 (percent), medr, meanr as i2t()/t2i() (evaluation.py:324-328)."""
-    return {"r1": 100.0 * len(np.where(ranks < 1)[0]) / len(ranks), "r5": 100.0 * len(np.where(ranks < 5)[0]) / len(ranks),
-            "r10": 100.0 * len(np.where(ranks < 10)[0]) / len(ranks), "medr": float(np.floor(np.median(ranks)) + 1),
-            "meanr": float(ranks.mean() + 1)}
+    summary = {f"r{k}": 100.0 * len(np.where(ranks < k)[0]) / len(ranks) for k in (1, 5, 10)}
+    return {**summary, "medr": float(np.floor(np.median(ranks)) + 1), "meanr": float(ranks.mean() + 1)}
 
 
 def evaluate_command(checkpoint: Path, data: Path, vocab: Path, json_path: Path) -> dict:
