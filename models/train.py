@@ -32,9 +32,9 @@ from tqdm import tqdm
 
 from models.compat import CHECKPOINT_FORMAT, load_precomp_split, read_checkpoint
 from models.config import EvalConfig, ModelConfig, TrainConfig
-from models.data import CaptionBatch, CaptionPairs, first_images
+from models.data import CaptionBatch, CaptionPairs
 from models.encoders import SCANModel
-from models.evaluate import evaluate_models
+from models.evaluate import evaluate_models, evaluation_pairs
 from models.loss import ContrastiveLoss
 from pipeline.atomic import atomic_output, remove_abandoned_temp_files, write_text_atomic
 from pipeline.captions import Vocabulary
@@ -45,7 +45,6 @@ from pipeline.errors import InputError
 LAST_CHECKPOINT = "checkpoint.pth"
 BEST_CHECKPOINT = "model_best.pth"
 SUMMARY = "summary.json"
-REFERENCE_DEV_IMAGES = 1000  # the reference validates on the first 5000 dev captions
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -146,7 +145,7 @@ def run_train_job(path: str | PathLike[str], progress: Progress | None = None) -
         raise InputError(path, f"not a training job ({error})") from error
     vocab = Vocabulary.from_scan_json(vocab_path)
     train_pairs, dev_pairs = (load_precomp_split(data_dir, split, vocab) for split in splits)
-    dev_pairs = first_images(dev_pairs, REFERENCE_DEV_IMAGES)
+    dev_pairs, _ = evaluation_pairs(dev_pairs, "dev", configs[2].reference_dev)
     return train(configs[0], configs[1], len(vocab), train_pairs, dev_pairs, job["out_dir"],
                  eval_config=configs[2], progress=progress)
 
