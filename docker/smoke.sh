@@ -125,7 +125,9 @@ OWN_DOCKERD=0 DOCKERD_PID="" PODMAN_DIR="" CONTAINERS=() MADE_IMAGES=() COMPOSE_
 start_dockerd() {  # $1: "host" (builds reach PyPI) or "private" (runs: a network namespace of its own)
     local engine="$WORK/engine" wrap=()
     mkdir -p "$engine"
-    [ "$1" = private ] && wrap=(unshare --net --fork -- sh -c 'ip link set lo up && exec "$0" "$@"')
+    # The private namespace has no way out; forwarding inside it only keeps the engine from warning
+    # "IPv4 forwarding is disabled" on every run (the host's setting is not touched).
+    [ "$1" = private ] && wrap=(unshare --net --fork -- sh -c 'ip link set lo up && sysctl -qw net.ipv4.ip_forward=1 && exec "$0" "$@"')
     "${wrap[@]}" dockerd --data-root "$engine/data" --exec-root "$engine/exec" -H "unix://$engine/docker.sock" \
         --pidfile "$engine/dockerd.pid" --iptables=false --ip6tables=false --bridge=none --ip-forward=false \
         --ip-masq=false >>"$engine/dockerd.log" 2>&1 &
@@ -314,7 +316,8 @@ check_refused() {  # $1: label; rest: docker run arguments. One line, naming /wo
     local label="$1" name="scan-smoke-$1" out rc seconds
     shift
     CONTAINERS+=("$name")
-    out="$(docker run --name "$name" "$@" "$TAG" 2>&1)" && die "$label: an unwritable workspace was accepted"
+    docker run --name "$name" "$@" "$TAG" >/dev/null 2>&1 && die "$label: an unwritable workspace was accepted"
+    out="$(docker logs "$name" 2>&1)"  # what the container said, without the engine's own warnings
     rc="$(docker inspect -f '{{.State.ExitCode}}' "$name")"
     seconds="$(docker inspect -f '{{.State.StartedAt}}|{{.State.FinishedAt}}' "$name" | python3 -c "$SECONDS_BETWEEN")"
     docker rm "$name" >/dev/null
