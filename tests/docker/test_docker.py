@@ -78,6 +78,16 @@ def test_images_install_with_the_readme_install_step(dockerfile):
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_copy_every_package_the_project_installs(dockerfile):
+    """A package left out of the image (e.g. a new top-level one) would make the installed project incomplete."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    include = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = sorted(pattern.rstrip("*") for pattern in include)
+    copied = re.findall(r"^COPY (\w+)/ \1/$", dockerfile.read_text(), flags=re.M)
+    assert sorted(set(copied) - {"scripts"}) == packages
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_images_run_as_non_root_with_volumes_and_the_demo_command(dockerfile):
     text = dockerfile.read_text()
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
