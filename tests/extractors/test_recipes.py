@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from extractors.__main__ import build_parser
+from extractors.__main__ import build_parser, extraction_configs
 from extractors.config import ExtractorConfig
 from extractors.detector import build_detector
 from extractors.plan import store_info_for
@@ -163,4 +163,4 @@ def test_recipe_is_a_validated_setting_recorded_in_the_store_config():
     assert ExtractorConfig().recipe == "caffe"
     assert store_info_for(AIRSPLAY, "float16").extractor["recipe"] == "airsplay"
     args = build_parser().parse_args(["extract", "--images", "x", "--store", "y", "--recipe", "airsplay"])
-    assert args.recipe == "airsplay"
+    assert extraction_configs(args)[0].recipe == "airsplay"
