@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from models.config import ModelConfig
+from models.config import HeadConfig, ModelConfig
 from models.data import CaptionPairs, PrecompFeatures, image_index_for_captions
 from models.encoders import SCANModel
 from pipeline.captions import Vocabulary, tokenize
@@ -68,7 +68,7 @@ def load_model(path: str | PathLike[str], device: torch.device | str = "cpu") ->
         config, vocab_size, origin = _ours_config(payload, path), int(payload["vocab_size"]), "ours"
     else:
         config, vocab_size, origin = _scan_config(payload, path), _scan_vocab_size(payload, path), "scan"
-    model = SCANModel(vocab_size, config)
+    model = SCANModel(vocab_size, config, _head_config(payload, path) if origin == "ours" else None)
     try:
         if origin == "ours":
             model.load_state_dict(payload["model"])
@@ -122,6 +122,16 @@ def _ours_config(payload: dict[str, Any], path: str | PathLike[str]) -> ModelCon
         return ModelConfig(**payload["model_config"])
     except (KeyError, TypeError, ValueError) as error:
         raise InputError(path, f"bad model_config: {error}", location="model_config") from error
+
+
+def _head_config(payload: dict[str, Any], path: str | PathLike[str]) -> HeadConfig | None:
+    """The global head's config when the checkpoint carries trained head weights (None: older checkpoints)."""
+    if payload.get("head_config") is None:
+        return None
+    try:
+        return HeadConfig(**payload["head_config"])
+    except (TypeError, ValueError) as error:
+        raise InputError(path, f"bad head_config: {error}", location="head_config") from error
 
 
 def _scan_config(payload: dict[str, Any], path: str | PathLike[str]) -> ModelConfig:
