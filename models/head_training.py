@@ -47,12 +47,12 @@ class _HeadStage:
         self.epoch, self.best_rsum, self.best_epoch, self.history = 0, -1.0, -1, []
 
     def payload(self) -> dict[str, Any]:
-        return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+        return {"model": self.head.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
                 "best_rsum": self.best_rsum, "best_epoch": self.best_epoch, "history": self.history,
                 "rng": _rng_states()}
 
     def restore(self, payload: dict[str, Any]) -> None:
-        self.head.load_state_dict(payload["head"])
+        self.head.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.epoch, self.best_rsum, self.best_epoch = int(payload["epoch"]), float(payload["best_rsum"]), int(payload["best_epoch"])
         self.history = list(payload["history"])

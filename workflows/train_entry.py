@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from models.config import EvalConfig, ModelConfig, TrainConfig
+from models.config import EvalConfig, HeadConfig, ModelConfig, TrainConfig
 from models.train import train
 from pipeline.captions import Vocabulary
 from models.store_pairs import split_pairs
@@ -21,7 +21,8 @@ def main(spec_path: str) -> None:
     vocab = Vocabulary.from_scan_json(spec["vocab"])
     train(ModelConfig(**spec["model"]), TrainConfig(**spec["train"]), len(vocab),
           split_pairs(store, captions, "train", evaluation=False), split_pairs(store, captions, "dev", evaluation=True),
-          spec["out_dir"], eval_config=EvalConfig(**spec["eval"]))
+          spec["out_dir"], eval_config=EvalConfig(**{**spec["eval"], "modes": tuple(spec["eval"]["modes"])}),
+          head_config=HeadConfig(**spec["head"]))
 
 
 if __name__ == "__main__":

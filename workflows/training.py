@@ -11,7 +11,7 @@ from typing import Any
 
 import luigi
 
-from models.config import EvalConfig, ModelConfig, TrainConfig
+from models.config import EvalConfig, HeadConfig, ModelConfig, TrainConfig
 from models.train import SUMMARY
 from pipeline.presets import presets_for
 from pipeline.store import read_store_info
@@ -27,6 +27,7 @@ TRAIN_LOG = "train.log"
 TRAIN_INSIGNIFICANT = ("workers", "device", "log_step")
 
 
+@config_parameters(HeadConfig)
 @config_parameters(ModelConfig, exclude=("img_dim",))
 @config_parameters(TrainConfig, rename={"workers": "loader_workers"},  # luigi owns --workers (parallel tasks)
                    insignificant=TRAIN_INSIGNIFICANT)
@@ -45,6 +46,9 @@ class ModelParams(CaptionParams):
     def train_config(self) -> TrainConfig:
         return config_of(self, TrainConfig, presets_for(self.dataset).train)
 
+    def head_config(self) -> HeadConfig:
+        return config_of(self, HeadConfig)
+
     def features_task(self) -> FeatureTask:
         return self.clone(FeatureStore) if FeatureSource.parse(self.features).extracted else self.clone(ImportFeatures)
 
@@ -61,7 +65,8 @@ class TrainModel(ModelParams, FeatureTask):
     def settings(self) -> dict[str, Any]:
         significant = {name: value for name, value in config_settings(self.train_config()).items()
                        if name not in TRAIN_INSIGNIFICANT}
-        return {"model": config_settings(self.model_config(img_dim=0)), "train": significant}
+        return {"model": config_settings(self.model_config(img_dim=0)), "train": significant,
+                "head": config_settings(self.head_config())}
 
     def store_dir(self) -> Path:
         return self.features_task().artifact_dir / STORE_SUBDIR
@@ -70,6 +75,7 @@ class TrainModel(ModelParams, FeatureTask):
         store_dir = self.store_dir()
         spec = {"model": dataclasses.asdict(self.model_config(read_store_info(store_dir).feature_dim)),
                 "train": dataclasses.asdict(self.train_config()), "eval": dataclasses.asdict(EvalConfig(split="dev")),
+                "head": dataclasses.asdict(self.head_config()),
                 "store_dir": str(store_dir), "captions": str(self.clone(PrepareCaptions).artifact_dir / CAPTIONS_FILE),
                 "vocab": str(self.clone(BuildVocab).artifact_dir / VOCAB_FILE), "out_dir": str(out_dir)}
         (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2))
