@@ -5,7 +5,8 @@ primitives only, plus ``argparse.Namespace`` (the reference stores its training 
 ``opt``). Nothing in a checkpoint can run code. The reference's ``model_best.pth.tar`` is
 ``{"model": [image-encoder state_dict, text-encoder state_dict], "opt": Namespace, "epoch",
 "best_rsum", "Eiters"}``; ours is ``{"format": CHECKPOINT_FORMAT, "model": SCANModel
-state_dict, "model_config": dict, "train_config": dict, "vocab_size": int, ...}``.
+state_dict, "model_config": dict, "train_config": dict, "vocab_size": int, ...}``, plus ``head_config``
+when the state dict holds a trained global head (``global_head.*``); without it the model has no head.
 """
 from __future__ import annotations
 
