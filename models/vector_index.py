@@ -2,9 +2,10 @@
 
 A flat index scans every vector (exact, 4 bytes a dimension); above ``FLAT_LIMIT`` vectors an
 inverted-file index with 8-bit scalar quantisation (``IVF<nlist>,SQ8``, 1 byte a dimension) scans
-only the ``nprobe`` lists nearest the query. ``FLAT_LIMIT`` and ``DEFAULT_NPROBE`` were measured
-with ``benchmarks/bench_search.py --index-sizes`` (README, Search): below the limit a flat scan is
-as fast as IVF and exact; above it IVF is faster and keeps memory at a quarter.
+only the ``nprobe`` lists nearest the query. ``FLAT_LIMIT`` keeps galleries whose flat float32
+vectors fit comfortably in memory (200,000 x 1024 x 4 B = 0.8 GB) exact; ``benchmarks/bench_search.py
+--index-sizes`` measures flat and IVF latency and IVF's recall of flat's shortlist to revisit it (README,
+Search, says what was measured so far).
 """
 from __future__ import annotations
 
