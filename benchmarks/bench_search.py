@@ -44,6 +44,7 @@ from models.config import EvalConfig, HeadConfig, ModelConfig, TrainConfig  # no
 from models.data import CaptionPairs, PrecompFeatures, image_index_for_captions  # noqa: E402
 from models.encoders import TextEncoder  # noqa: E402
 from models.evaluate import evaluate_models  # noqa: E402
+from models.index import RowFile, mapped_rows  # noqa: E402
 from models.retrieval import Embeddings, Ranking, _merge, _top_k, exact_search, pair_scores, rerank  # noqa: E402
 from models.vector_index import FLAT_LIMIT, VectorIndex  # noqa: E402
 
@@ -155,16 +156,16 @@ def generate(work: Path, n: int) -> dict:
             "disk_GB": round((regions.nbytes + globals_.nbytes) / 1e9, 1)}
 
 
-def open_gallery(work: Path, n: int) -> tuple[Embeddings, np.ndarray]:
-    regions = np.memmap(work / "regions.f16", dtype=np.float16, mode="r", shape=(n, SCALE_R, SCALE_D))
-    return Embeddings(regions, np.full(n, SCALE_R)), np.memmap(work / "globals.f16", dtype=np.float16, mode="r",
-                                                               shape=(n, GLOBAL_D))
+def open_gallery(work: Path, n: int) -> tuple[Embeddings, RowFile]:
+    """As models.index opens its files: regions memory-mapped for random reads, global vectors read in chunks."""
+    regions = mapped_rows(work / "regions.f16", (n, SCALE_R, SCALE_D))
+    return Embeddings(regions, np.full(n, SCALE_R)), RowFile(work / "globals.f16", (n, GLOBAL_D))
 
 
 def queries_for(gallery: Embeddings, n_queries: int) -> tuple[np.ndarray, Embeddings]:
     """Captions whose words are noisy copies of WORDS regions of their target image; the first
     ``n_queries`` of one fixed draw, so every phase asks the same questions."""
-    targets = np.random.default_rng(11).choice(len(gallery), size=QUERY_POOL, replace=False)[:n_queries]
+    targets = np.unique(np.random.default_rng(11).integers(0, len(gallery), size=QUERY_POOL))[:n_queries]
     emb, _ = gallery.take(targets)
     noise = np.random.default_rng(3).standard_normal((QUERY_POOL, WORDS, SCALE_D), dtype=np.float32)[:n_queries]
     noise = torch.from_numpy(noise)
