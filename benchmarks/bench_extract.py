@@ -1,9 +1,14 @@
-"""Extraction overhead: files -> store (decoding in DataLoader workers, HDF5 writes, manifest)
-against the bare detector forward on the same images already decoded, prepared and batched.
+"""Extraction benchmarks, one stage at a time; each prints ratios against a baseline measured in the same run.
 
-Both are measured in the same run on the same machine, so the ratio holds across machines:
-    .venv/bin/python benchmarks/bench_extract.py --quick
-Target: end-to-end time <= 1.10 x the bare forward time (overhead <= 10%).
+    .venv/bin/python benchmarks/bench_extract.py --quick                      # every stage, small
+    .venv/bin/python benchmarks/bench_extract.py --stage selection            # one stage
+
+Stages (add one by writing `stage_<name>(args)` and listing it in STAGES):
+  overhead   files -> store (decoding in DataLoader workers, HDF5 writes, manifest) against the bare
+             detector forward on the same images already decoded. Target: overhead <= 10 %.
+  selection  caffe region selection (per-class NMS over 300 proposals x 1601 classes) against a
+             numpy loop of Caffe's per-class `py_cpu_nms`, as generate_tsv.py runs it, on the same
+             inputs; outputs must be identical. Target: >= 10x faster and <= 100 ms per image.
 """
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 
 from extractors.config import ExtractorConfig
@@ -20,9 +27,13 @@ from extractors.extract import InProcessRunner, RunConfig, extract_dataset
 from extractors.images import decode_image
 from extractors.loader import ImageFile
 from extractors.preprocess import collate_images, prepare_image
+from extractors.selection import select_regions
 from pipeline.store import StoreConfig
 
 PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flickr8k" / "images"
+
+
+# ---------------------------------------------------------------- stage: overhead
 
 
 def bare_forward_seconds(detector, config: ExtractorConfig, images: list[ImageFile]) -> float:
@@ -47,15 +58,7 @@ def end_to_end_seconds(detector, config: ExtractorConfig, images: list[ImageFile
     return seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="8 images, 2 rounds (a few minutes on 2 CPU cores).")
-    parser.add_argument("--backbone", default="R18-C4", help="Backbone preset (random init).")
-    parser.add_argument("--proposals", type=int, default=30,
-                        help="RPN proposals per image (the preset's 300 make one R18 image take ~20 s on 2 cores).")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader decoding processes.")
-    parser.add_argument("--batch-size", type=int, default=4)
-    args = parser.parse_args()
+def stage_overhead(args: argparse.Namespace) -> None:
     count, rounds = (8, 2) if args.quick else (32, 3)
     paths = sorted(PHOTOS.glob("*.jpg"))[:count]
     if len(paths) < count:
@@ -69,11 +72,112 @@ def main() -> None:
     for _ in range(rounds):  # interleaved, so load from other processes hits both alike
         forward.append(bare_forward_seconds(detector, config, images))
         total.append(end_to_end_seconds(detector, config, images, args.workers, shard_size=4))
-    print(f"{args.backbone}, {args.proposals} proposals/image, {count} Flickr8k photos, batch {args.batch_size}, "
+    print(f"[overhead] {args.backbone}, {args.proposals} proposals/image, {count} Flickr8k photos, batch {args.batch_size}, "
           f"{args.workers} decoding workers, {torch.get_num_threads()} torch threads, best of {rounds} interleaved rounds")
     print(f"bare forward (pre-decoded): {count / min(forward):6.2f} images/s ({min(forward):.2f} s)")
     print(f"end to end (files->store):  {count / min(total):6.2f} images/s ({min(total):.2f} s)")
     print(f"overhead: {100 * (min(total) / min(forward) - 1):+.1f}% (target <= +10%)")
+
+
+# ---------------------------------------------------------------- stage: selection
+
+
+def py_cpu_nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> list[int]:
+    """Caffe's lib/nms/py_cpu_nms.py rule (+1 areas, keep IoU <= thresh), equal scores by lower index."""
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        w = np.maximum(0.0, np.minimum(x2[i], x2[order[1:]]) - np.maximum(x1[i], x1[order[1:]]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[order[1:]]) - np.maximum(y1[i], y1[order[1:]]) + 1)
+        inter = w * h
+        order = order[1:][inter / (areas[i] + areas[order[1:]] - inter) <= thresh]
+    return keep
+
+
+def numpy_loop_selection(boxes: np.ndarray, probs: np.ndarray, conf_thresh: float, nms_thresh: float,
+                         min_boxes: int, max_boxes: int) -> np.ndarray:
+    """generate_tsv.py lines 84-95: py_cpu_nms for each class 1..C, max kept score, threshold and clamp."""
+    max_conf = np.zeros(len(boxes), dtype=np.float32)
+    for cls in range(1, probs.shape[1]):
+        keep = py_cpu_nms(boxes, probs[:, cls], nms_thresh)
+        max_conf[keep] = np.maximum(max_conf[keep], probs[keep, cls])
+    keep = np.where(max_conf >= conf_thresh)[0]
+    by_confidence = np.argsort(-max_conf, kind="stable")
+    if len(keep) < min_boxes:
+        return by_confidence[:min_boxes]
+    return by_confidence[:max_boxes] if len(keep) > max_boxes else keep
+
+
+def selection_inputs(rng: np.random.Generator, kind: str, regions: int = 300,
+                     classes: int = 1601) -> tuple[np.ndarray, np.ndarray]:
+    """RPN-like boxes (clustered over a 800x600 image, original pixels) and softmax class scores.
+
+    detector-like: background or one to three classes dominate each proposal, as with trained
+    weights; flat: no class stands out (a random-init detector), the worst case for selection.
+    """
+    centres = rng.uniform([0, 0], [800, 600], (40, 2))[rng.integers(0, 40, regions)] + rng.normal(0, 40, (regions, 2))
+    sizes = rng.uniform(16, 400, (regions, 2))
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1).clip(0, [799, 599, 799, 599])
+    logits = rng.normal(0, 1, (regions, classes))
+    if kind == "detector-like":
+        logits[rng.random(regions) < 0.4, 0] += 6
+        for row in range(regions):
+            picked = rng.integers(1, classes, rng.integers(1, 4))
+            logits[row, picked] += rng.uniform(3, 9, len(picked))
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return boxes.astype(np.float32), (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _best_of(function: Callable[[], object], repeats: int) -> tuple[float, float, object]:
+    """Best wall and CPU (process) seconds over `repeats` calls, and the last result."""
+    walls, cpus, result = [], [], None
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = function()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus), result
+
+
+def stage_selection(args: argparse.Namespace) -> None:
+    images, settings = (1 if args.quick else 3), dict(conf_thresh=0.2, nms_thresh=0.3, min_boxes=10, max_boxes=100)
+    print(f"[selection] 300 proposals x 1601 classes, conf 0.2, NMS 0.3, 10-100 boxes, {images} image(s) per kind; "
+          "ours best of 5 (wall and CPU time; it runs on one intra-op thread), the numpy loop once per image")
+    for kind in ("detector-like", "flat"):
+        rng = np.random.default_rng(0)
+        inputs = [selection_inputs(rng, kind) for _ in range(images)]
+        loops, expected = zip(*(_best_of(lambda b=b, p=p: numpy_loop_selection(b, p, **settings), 1)[::2]
+                                for b, p in inputs))
+        timings = [_best_of(lambda b=b, p=p: select_regions(torch.from_numpy(b), torch.from_numpy(p), **settings), 5)
+                   for b, p in inputs]
+        if any(not np.array_equal(keep.numpy(), reference) for (_, _, keep), reference in zip(timings, expected)):
+            raise SystemExit(f"{kind}: selection differs from the numpy loop")
+        ratio = min(loop / wall for loop, (wall, _, _) in zip(loops, timings))
+        print(f"{kind:>13}: ours {1000 * max(wall for wall, _, _ in timings):6.1f} ms wall "
+              f"({1000 * max(cpu for _, cpu, _ in timings):5.1f} ms CPU), numpy loop {1000 * max(loops):6.0f} ms, "
+              f"ratio {ratio:5.1f}x on the worst image, identical output")
+    print("targets: >= 10x the numpy loop, <= 100 ms per image")
+
+
+STAGES: dict[str, Callable[[argparse.Namespace], None]] = {"overhead": stage_overhead, "selection": stage_selection}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", action="append", choices=sorted(STAGES), help="Run this stage (repeatable); default all.")
+    parser.add_argument("--quick", action="store_true", help="Small sizes: a few minutes on 2 CPU cores.")
+    parser.add_argument("--backbone", default="R18-C4", help="overhead: backbone preset (random init).")
+    parser.add_argument("--proposals", type=int, default=30,
+                        help="overhead: RPN proposals per image (the preset's 300 make one R18 image take ~20 s on 2 cores).")
+    parser.add_argument("--workers", type=int, default=2, help="overhead: DataLoader decoding processes.")
+    parser.add_argument("--batch-size", type=int, default=4, help="overhead: images per forward pass.")
+    args = parser.parse_args()
+    for name in args.stage or list(STAGES):
+        STAGES[name](args)
 
 
 if __name__ == "__main__":

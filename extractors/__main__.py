@@ -25,18 +25,20 @@ FLAG_NAMES = {RunConfig: {"num_workers": "--workers"},
 
 
 def run_verify_weights(args: argparse.Namespace) -> int:
-    """Print how the file's keys fit the preset; success only with zero problems."""
+    """Print what the conversion did and how the file's keys fit the preset; success only with zero problems."""
     from extractors.detector import BottomUpDetector
-    from extractors.weights import check_weights, fetch_weights
+    from extractors.weights import compare_keys, convert_file, fetch_weights
 
     config = ExtractorConfig(backbone=args.backbone, weights_format=args.format)
-    model = BottomUpDetector(config)
     try:
         path = fetch_weights(args.path, sha256=args.sha256)
-        report, _ = check_weights(path, args.format, model, config.spec)
+        converted = convert_file(path, args.format, config.spec)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    report = compare_keys(converted.native, BottomUpDetector(config, converted.with_attributes).state_dict())
+    for note in converted.notes:
+        print(note)
     print(f"missing: {len(report.missing)}")
     print(f"unexpected: {len(report.unexpected)}")
     print(f"shape-mismatched: {len(report.mismatched)}")
@@ -84,13 +86,12 @@ def run_extract(args: argparse.Namespace) -> int:
     Unreadable images do not change the exit status: they are listed in the summary and failures.parquet.
     """
     from extractors.extract import extract_dataset, load_boxes_json
-    from pipeline.store import sha256_file
 
     try:
         config, store, run, dask_config = extraction_configs(args)
         images, boxes_file = _images_and_boxes(args, config)
         options = dict(store=store, run=run, boxes=load_boxes_json(boxes_file) if boxes_file else None,
-                       boxes_sha256=sha256_file(boxes_file) if boxes_file else "", progress=args.progress)
+                       prune=args.prune, progress=args.progress)
         if args.dask or dask_config.scheduler_address:
             from extractors.distributed import DaskRunner  # imports dask.distributed: slow, so only when asked
 
@@ -118,6 +119,8 @@ def add_extract(subparsers: argparse._SubParsersAction) -> None:
                                                    "original pixels (default: the dataset's own boxes file, if any).")
     parser.add_argument("--dask", action="store_true", help="Run one task per shard on Dask: a LocalCluster, "
                                                            "or the cluster of --scheduler-address (which implies --dask).")
+    parser.add_argument("--prune", action="store_true", help="The manifest lists only these images (default: it adds "
+                                                             "them to the images the store already lists).")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="Show a progress bar.")
     for config_cls in (ExtractorConfig, StoreConfig, RunConfig, DaskConfig):
         add_config_flags(parser, config_cls, flags=FLAG_NAMES.get(config_cls, {}))

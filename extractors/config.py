@@ -5,10 +5,18 @@ The Luigi tasks generate their parameters from `ExtractorConfig`; model code onl
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
 WEIGHT_FORMATS = ("auto", "airsplay", "milvlg")
+# How the detector is fetched and run, not what it computes: left out of a store's identity, so the same
+# weights by another path, or another batch size or device, extend the same store.
+RUNTIME_FIELDS = ("weights", "weights_sha256", "cache_dir", "batch_size", "device")
+# How proposals, boxes and regions are computed around the same network (see README, "Recipes"):
+# caffe = bottom-up-attention's generate_tsv.py (and MILVLG); airsplay = py-bottom-up-attention's
+# detectron2 pipeline (demo/detectron2_mscoco_proposal_maxnms.py, attributes as in its attr demo).
+RECIPES = ("caffe", "airsplay")
 AMP_DTYPES = ("", "fp16", "bf16")
 CAFFE_PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
 
@@ -71,15 +79,23 @@ class ExtractorConfig:
         "help": "Weights layout: auto | airsplay (.pkl) | milvlg (.pth).", "choices": WEIGHT_FORMATS})
     cache_dir: str = field(default="", metadata={
         "help": "Where downloaded weights are kept; empty = ~/.cache/scan-pipeline/weights."})
+    recipe: str = field(default="caffe", metadata={
+        "help": "Pipeline around the network: caffe (generate_tsv.py, MILVLG: the SCAN features) | airsplay "
+                "(py-bottom-up-attention, LXMERT-style).", "choices": RECIPES})
     min_boxes: int = field(default=36, metadata={"help": "Fewest regions kept per image."})
     max_boxes: int = field(default=36, metadata={"help": "Most regions kept per image."})
     conf_thresh: float = field(default=0.2, metadata={
-        "help": "Keep regions whose best class score after per-class NMS reaches this."})
-    nms_thresh: float = field(default=0.3, metadata={"help": "IoU threshold of the per-class NMS in region selection."})
+        "help": "Keep regions whose best class score after per-class NMS reaches this (caffe recipe; airsplay's "
+                "script ignores its score threshold)."})
+    nms_thresh: float = field(default=0.3, metadata={
+        "help": "IoU threshold of the per-class NMS in region selection (caffe); the first of airsplay's rising "
+                "thresholds (+0.1 until min_boxes survive)."})
     rpn_pre_nms_topk: int = field(default=6000, metadata={"help": "RPN proposals kept before NMS."})
     rpn_post_nms_topk: int = field(default=300, metadata={"help": "RPN proposals kept after NMS."})
     rpn_nms_thresh: float = field(default=0.7, metadata={"help": "IoU threshold of the RPN NMS."})
-    rpn_min_size: int = field(default=16, metadata={"help": "Drop proposals smaller than this (original-image pixels)."})
+    rpn_min_size: int = field(default=16, metadata={
+        "help": "Drop proposals smaller than this (original-image pixels; caffe recipe, airsplay keeps every "
+                "non-empty box)."})
     test_short_side: Optional[int] = field(default=None, metadata={
         "help": "Resize the shorter image side to this many pixels; default: the backbone preset's (600; demo 128)."})
     test_max_side: Optional[int] = field(default=None, metadata={
@@ -97,6 +113,8 @@ class ExtractorConfig:
             object.__setattr__(self, "test_short_side", self.spec.short_side)
         if self.test_max_side is None:
             object.__setattr__(self, "test_max_side", self.spec.max_side)
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe={self.recipe!r}; expected one of {', '.join(RECIPES)}")
         if self.weights_format not in WEIGHT_FORMATS:
             raise ValueError(f"weights_format={self.weights_format!r}; expected one of {', '.join(WEIGHT_FORMATS)}")
         if self.amp_dtype not in AMP_DTYPES:
@@ -113,3 +131,7 @@ class ExtractorConfig:
     @property
     def spec(self) -> BackboneSpec:
         return PRESETS[self.backbone]
+
+    def feature_settings(self) -> dict[str, object]:
+        """The settings that decide the features (weights count by their sha256, recorded beside these)."""
+        return {name: value for name, value in dataclasses.asdict(self).items() if name not in RUNTIME_FIELDS}

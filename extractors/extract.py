@@ -8,7 +8,6 @@ to an uninterrupted one.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from extractors.config import ExtractorConfig
@@ -25,8 +23,10 @@ from extractors.detector import build_detector
 from extractors.images import DEFAULT_MAX_PIXELS
 from extractors.loader import ImageFile, LoadedBatch, load_batches
 from extractors.plan import ShardJob, plan_extraction
+from extractors.threads import torch_threads
 from pipeline.atomic import remove_abandoned_temp_files
 from pipeline.errors import InputError
+from pipeline.fingerprints import FileHashCache
 from pipeline.store import RegionRecord, ShardPlan, ShardWriter, StoreConfig
 
 
@@ -159,16 +159,6 @@ class InProcessRunner:
                 yield extract_shard(job, self._detector, self.config, self.run_config, bar)
 
 
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with `count` intra-op threads (0: leave as is); restores the previous count."""
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def load_boxes_json(path: str | PathLike[str]) -> dict[str, np.ndarray]:
@@ -195,21 +185,23 @@ def load_boxes_json(path: str | PathLike[str]) -> dict[str, np.ndarray]:
 
 def extract_dataset(images: Sequence[Any], store_dir: str | PathLike[str], config: ExtractorConfig, *,
                     store: StoreConfig = StoreConfig(), run: RunConfig = RunConfig(),
-                    boxes: Optional[Mapping[str, np.ndarray]] = None, boxes_sha256: str = "",
-                    runner: Optional[ShardRunner] = None, progress: bool = True) -> ExtractionSummary:
+                    boxes: Optional[Mapping[str, np.ndarray]] = None, runner: Optional[ShardRunner] = None,
+                    hashes: Optional[FileHashCache] = None, prune: bool = False,
+                    progress: bool = True) -> ExtractionSummary:
     """Extract every image not yet in the store (new or changed), then commit the manifest.
 
-    `images`: ImageFile or pipeline.datasets.ImageRecord (anything with image_id, path, relpath);
-    the manifest lists them in this order. `boxes` switches to given-boxes mode (one (K, 4) array
-    per image). Unreadable images are recorded in failures.parquet and counted, not raised.
+    `images`: ImageFile or pipeline.datasets.ImageRecord (anything with image_id, path, relpath); the
+    manifest adds them in this order to the images it already lists (only them with `prune`). `boxes`
+    switches to given-boxes mode (one (K, 4) array per image). Unreadable images are recorded in
+    failures.parquet and counted, not raised.
     """
     started = time.perf_counter()
     plan = plan_extraction(images, store_dir, config, store=store, retry_failed=run.retry_failed, boxes=boxes,
-                           boxes_sha256=boxes_sha256)
+                           hashes=hashes)
     jobs = plan.jobs(images, boxes)
     runner = runner or InProcessRunner(config, run, progress=progress)
     results = list(runner.run(jobs)) if jobs else []
-    plan.commit()
+    plan.commit(prune=prune)
     failures = tuple(failure for result in sorted(results, key=lambda r: r.index) for failure in result.failed)
     return ExtractionSummary(plan.store_dir, sum(r.extracted for r in results), plan.skipped, len(failures),
                              len(results), time.perf_counter() - started, failures)

@@ -93,16 +93,22 @@ class _PreparedImages(Dataset):
 class _Collate:
     """Split a list of items into the readable ones (collated by the detector's rules) and failures."""
 
-    def __init__(self, images: Sequence[ImageFile], boxes: Optional[Mapping[str, np.ndarray]]) -> None:
-        self.images, self.boxes = images, boxes
+    def __init__(self, images: Sequence[ImageFile], boxes: Optional[Mapping[str, np.ndarray]], max_boxes: int) -> None:
+        self.images, self.boxes, self.max_boxes = images, boxes, max_boxes
 
     def __call__(self, items: list[tuple[int, Any, Optional[str]]]) -> LoadedBatch:
-        good = [(index, prepared) for index, prepared, _ in items if prepared is not None]
-        failures = [Failure(self.images[index], reason) for index, prepared, reason in items if prepared is None]
+        items = [(index, prepared, reason or self._too_many_boxes(index)) for index, prepared, reason in items]
+        good = [(index, prepared) for index, prepared, reason in items if reason is None]
+        failures = [Failure(self.images[index], reason) for index, _, reason in items if reason is not None]
         kept = [self.images[index] for index, _ in good]
         boxes = None if self.boxes is None else [self.boxes[image.image_id] for image in kept]
         batch = collate_images([prepared for _, prepared in good]) if good else None
         return LoadedBatch(kept, batch, failures, boxes)
+
+    def _too_many_boxes(self, index: int) -> Optional[str]:
+        """Given boxes beyond the store's K cannot be stored: that image fails, the others go on."""
+        count = 0 if self.boxes is None else len(self.boxes[self.images[index].image_id])
+        return f"{count} given boxes, more than max_boxes={self.max_boxes}" if count > self.max_boxes else None
 
 
 def load_batches(images: Sequence[ImageFile], config: Any, *, batch_size: int, num_workers: int = 0,
@@ -120,7 +126,7 @@ def load_batches(images: Sequence[ImageFile], config: Any, *, batch_size: int, n
         if missing:
             raise ValueError(f"given-boxes mode: {len(missing)} images have no boxes (first: {missing[0]!r})")
     loader = DataLoader(_PreparedImages(images, config, max_pixels), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_Collate(images, boxes),
+                        num_workers=num_workers, collate_fn=_Collate(images, boxes, config.max_boxes),
                         prefetch_factor=2 if num_workers else None)
     with _no_opencv_thread_pool(num_workers > 0):
         for loaded in loader:

@@ -1,12 +1,15 @@
 """Box head of the C4 detector: ROI max pooling at 1/16, res5, mean pool, class/box/attribute heads.
 
-Internal layout (Caffe's): class 0 is background and class i + 1 is line i of
-objects_vocab.txt; attribute 0 is "no attribute" and attribute j + 1 is line j of
-attributes_vocab.txt. Box regression is class-specific for the foreground classes only.
+Internal layout (Caffe's order, detectron2's names as in py-bottom-up-attention's
+`FastRCNNOutputLayers`): class 0 is background and class i + 1 is line i of objects_vocab.txt;
+attribute 0 is "no attribute" and attribute j + 1 is line j of attributes_vocab.txt. Box
+regression is class-specific for the foreground classes only, in Caffe's units (deltas applied
+with weights 1). The attribute head is optional: the attribute-free published files have none.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,46 +20,54 @@ from extractors.backbone import make_stage
 from extractors.config import BackboneSpec
 from extractors.rpn import FEATURE_STRIDE
 
+ATTRIBUTE_MODULES = ("cls_embedding", "fc_attr", "attr_score")
+
 
 @dataclass
 class RegionPredictions:
-    """Per-region outputs for R regions: features (R, D), class_probs (R, C + 1), attr_probs (R, A + 1)."""
+    """Per-region outputs for R regions: features (R, D), class_probs (R, C + 1), attr_logits (R, A + 1)
+    or None without an attribute head, box_deltas (R, 4C) when asked for."""
 
     features: torch.Tensor
     class_probs: torch.Tensor
-    attr_probs: torch.Tensor
+    attr_logits: Optional[torch.Tensor]
+    box_deltas: Optional[torch.Tensor] = None
 
 
 class BoxPredictor(nn.Module):
-    """Classifier, box regressor and the attribute head fed with the argmax class embedding."""
+    """Classifier, box regressor and (optionally) the attribute head fed with the argmax class embedding."""
 
-    def __init__(self, spec: BackboneSpec) -> None:
+    def __init__(self, spec: BackboneSpec, with_attributes: bool = True) -> None:
         super().__init__()
         dim = spec.feature_dim
         self.cls_score = nn.Linear(dim, spec.num_classes + 1)
         self.bbox_pred = nn.Linear(dim, spec.num_classes * 4)
-        self.cls_embedding = nn.Embedding(spec.num_classes + 1, spec.attr_embed_dim)
-        self.attr_linear1 = nn.Linear(dim + spec.attr_embed_dim, spec.attr_hidden_dim)
-        self.attr_linear2 = nn.Linear(spec.attr_hidden_dim, spec.num_attributes + 1)
+        self.with_attributes = with_attributes
+        if with_attributes:
+            self.cls_embedding = nn.Embedding(spec.num_classes + 1, spec.attr_embed_dim)
+            self.fc_attr = nn.Linear(dim + spec.attr_embed_dim, spec.attr_hidden_dim)
+            self.attr_score = nn.Linear(spec.attr_hidden_dim, spec.num_attributes + 1)
 
-    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(R, D) -> class logits (R, C + 1), attribute logits (R, A + 1)."""
+    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(R, D) -> class logits (R, C + 1), attribute logits (R, A + 1) or None."""
         class_logits = self.cls_score(pooled)
+        if not self.with_attributes:
+            return class_logits, None
         embedded = self.cls_embedding(class_logits.argmax(dim=1))
-        hidden = F.relu(self.attr_linear1(torch.cat([pooled, embedded.to(pooled.dtype)], dim=1)))
-        return class_logits, self.attr_linear2(hidden)
+        hidden = F.relu(self.fc_attr(torch.cat([pooled, embedded.to(pooled.dtype)], dim=1)))
+        return class_logits, self.attr_score(hidden)
 
 
 class Res5ROIHeads(nn.Module):
     """res4 (B, C4, Hf, Wf) + per-image boxes in resized-image pixels -> RegionPredictions."""
 
-    def __init__(self, spec: BackboneSpec) -> None:
+    def __init__(self, spec: BackboneSpec, with_attributes: bool = True) -> None:
         super().__init__()
         self.pooler_resolution = spec.pooler_resolution
         self.res5 = make_stage(spec, 5)
-        self.box_predictor = BoxPredictor(spec)
+        self.box_predictor = BoxPredictor(spec, with_attributes)
 
-    def forward(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> RegionPredictions:
+    def forward(self, features: torch.Tensor, boxes: list[torch.Tensor], box_deltas: bool = False) -> RegionPredictions:
         # Pool in float32 even under autocast: half-precision box corners lose whole pixels.
         rois = [b.float() for b in boxes]
         crops = roi_pool(features.float(), rois, output_size=self.pooler_resolution, spatial_scale=1.0 / FEATURE_STRIDE)
@@ -65,5 +76,6 @@ class Res5ROIHeads(nn.Module):
         return RegionPredictions(
             features=pooled.float(),
             class_probs=F.softmax(class_logits.float(), dim=1),
-            attr_probs=F.softmax(attr_logits.float(), dim=1),
+            attr_logits=None if attr_logits is None else attr_logits.float(),
+            box_deltas=self.box_predictor.bbox_pred(pooled).float() if box_deltas else None,
         )

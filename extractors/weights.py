@@ -1,18 +1,7 @@
-"""Published bottom-up-attention weights: fetch, read safely, convert to this detector's layout.
+"""Published bottom-up-attention weights: fetch, read safely, convert (layouts.py), check and load.
 
-Two published layouts of the same Caffe model load here:
-
-* airsplay (py-bottom-up-attention `faster_rcnn_from_caffe[_attr].pkl`): a pickle of
-  {"model": {detectron2 name: numpy array}}; background class LAST (and "no attribute"
-  last); RPN anchors in detectron2's size-major order.
-* milvlg (bottom-up-attention.pytorch `bua-caffe-frcn-r101*.pth`): a torch state dict in
-  Caffe's layout; background FIRST, softmax objectness pairs (2A channels: A background
-  then A object), box regression with a background row (4 * 1601), attribute head named
-  `cls_embed` / `attr_linear1` / `attr_linear2` ... with Caffe's "no attribute" first.
-
-The internal layout is Caffe's class order with detectron2's sigmoid objectness; both files
-convert into it exactly (sigmoid(a1 - a0) == softmax([a0, a1])[1]), so equivalent weights
-give the same detections. Reading never runs pickled code.
+Reading never runs pickled code: a restricted unpickler for `.pkl`, `weights_only` for `.pth`.
+Loading is strict: any missing, unexpected or shape-mismatched key is an error naming the file.
 """
 from __future__ import annotations
 
@@ -24,21 +13,15 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from extractors.config import BackboneSpec, ExtractorConfig
+from extractors.layouts import ConvertedWeights, LayoutError, StateDict, to_native, to_published
 from pipeline.atomic import atomic_output
 from pipeline.errors import InputError
-
-RPN_PREFIX = "proposal_generator.rpn_head."
-BOX_PREFIX = "roi_heads.box_predictor."
-BN_STATS = ("running_mean", "running_var")
-MILVLG_ATTR_NAMES = {"cls_embed.": "cls_embedding.", "attr_linear1.": "attr_linear1.", "attr_linear2.": "attr_linear2."}
-StateDict = dict[str, torch.Tensor]
 
 
 # ---------------------------------------------------------------- reading
@@ -95,131 +78,6 @@ def read_checkpoint(path: Path) -> StateDict:
     return tensors
 
 
-def detect_format(state: StateDict) -> str:
-    """milvlg files have `cls_embed` or paired objectness channels; airsplay files do not."""
-    if BOX_PREFIX + "cls_embed.weight" in state:
-        return "milvlg"
-    objectness = state.get(RPN_PREFIX + "objectness_logits.weight")
-    anchor_deltas = state.get(RPN_PREFIX + "anchor_deltas.weight")
-    if objectness is not None and anchor_deltas is not None and objectness.shape[0] * 2 == anchor_deltas.shape[0]:
-        return "milvlg"
-    return "airsplay"
-
-
-# ---------------------------------------------------------------- layout conversion
-
-
-def _background_first(rows: torch.Tensor) -> torch.Tensor:
-    return torch.cat([rows[-1:], rows[:-1]])
-
-
-def _background_last(rows: torch.Tensor) -> torch.Tensor:
-    return torch.cat([rows[1:], rows[:1]])
-
-
-def _anchor_permutation(spec: BackboneSpec) -> torch.Tensor:
-    """index[j] = detectron2 (size-major) channel of our (ratio-major) anchor j."""
-    sizes, ratios = len(spec.anchor_scales), len(spec.anchor_ratios)
-    return torch.tensor([s * ratios + r for r in range(ratios) for s in range(sizes)])
-
-
-def _permute_anchors(tensor: torch.Tensor, index: torch.Tensor, per_anchor: int) -> torch.Tensor:
-    grouped = tensor.reshape(-1, per_anchor, *tensor.shape[1:])
-    return grouped[index].reshape(tensor.shape)
-
-
-def _airsplay_to_native(state: StateDict, spec: BackboneSpec) -> StateDict:
-    native = dict(state)
-    for key in ("cls_score.weight", "cls_score.bias", "cls_embedding.weight", "attr_linear2.weight", "attr_linear2.bias"):
-        if BOX_PREFIX + key in native:
-            native[BOX_PREFIX + key] = _background_first(native[BOX_PREFIX + key])
-    _remap_rpn_anchors(native, _anchor_permutation(spec))
-    return native
-
-
-def _native_to_airsplay(state: StateDict, spec: BackboneSpec) -> StateDict:
-    published = dict(state)
-    for key in ("cls_score.weight", "cls_score.bias", "cls_embedding.weight", "attr_linear2.weight", "attr_linear2.bias"):
-        published[BOX_PREFIX + key] = _background_last(published[BOX_PREFIX + key])
-    _remap_rpn_anchors(published, torch.argsort(_anchor_permutation(spec)))
-    return published
-
-
-def _remap_rpn_anchors(state: StateDict, index: torch.Tensor) -> None:
-    for suffix, per_anchor in (("objectness_logits", 1), ("anchor_deltas", 4)):
-        for part in ("weight", "bias"):
-            key = f"{RPN_PREFIX}{suffix}.{part}"
-            if key in state and state[key].shape[0] == len(index) * per_anchor:
-                state[key] = _permute_anchors(state[key], index, per_anchor)
-
-
-def _milvlg_to_native(state: StateDict, spec: BackboneSpec) -> StateDict:
-    native = {key: value for key, value in state.items() if not key.endswith("num_batches_tracked")}
-    for old, new in MILVLG_ATTR_NAMES.items():
-        for part in ("weight", "bias"):
-            if BOX_PREFIX + old + part in native:
-                native[BOX_PREFIX + new + part] = native.pop(BOX_PREFIX + old + part)
-    for part in ("weight", "bias"):
-        key = f"{RPN_PREFIX}objectness_logits.{part}"
-        if key in native and native[key].shape[0] == 2 * spec.num_anchors:
-            background, foreground = native[key].chunk(2)
-            native[key] = foreground - background  # softmax pair -> one equivalent sigmoid logit
-        box_key = f"{BOX_PREFIX}bbox_pred.{part}"
-        if box_key in native and native[box_key].shape[0] == 4 * (spec.num_classes + 1):
-            native[box_key] = native[box_key][4:]  # the background row is never used
-    return native
-
-
-def _native_to_milvlg(state: StateDict, spec: BackboneSpec, seed: int = 0) -> StateDict:
-    """Caffe layout; the free background objectness logit and background box row are seeded noise."""
-    generator = torch.Generator().manual_seed(seed)
-    published = dict(state)
-    for new, old in ((v, k) for k, v in MILVLG_ATTR_NAMES.items()):
-        for part in ("weight", "bias"):
-            if BOX_PREFIX + new + part in published:
-                published[BOX_PREFIX + old + part] = published.pop(BOX_PREFIX + new + part)
-    for part in ("weight", "bias"):
-        key = f"{RPN_PREFIX}objectness_logits.{part}"
-        foreground = published[key]
-        background = torch.randn(foreground.shape, generator=generator) * 0.01
-        published[key] = torch.cat([background, background + foreground])
-        box_key = f"{BOX_PREFIX}bbox_pred.{part}"
-        box = published[box_key]
-        published[box_key] = torch.cat([torch.randn((4, *box.shape[1:]), generator=generator) * 0.001, box])
-    return published
-
-
-TO_NATIVE: dict[str, Callable[[StateDict, BackboneSpec], StateDict]] = {
-    "airsplay": _airsplay_to_native,
-    "milvlg": _milvlg_to_native,
-}
-FROM_NATIVE: dict[str, Callable[[StateDict, BackboneSpec], StateDict]] = {
-    "airsplay": _native_to_airsplay,
-    "milvlg": _native_to_milvlg,
-}
-
-
-def to_native(state: StateDict, weights_format: str, spec: BackboneSpec) -> StateDict:
-    """Convert a published state dict into this detector's names and layout."""
-    native = TO_NATIVE[weights_format](state, spec)
-    _fill_identity_bn_stats(native)
-    return native
-
-
-def to_published(native: StateDict, weights_format: str, spec: BackboneSpec) -> StateDict:
-    """This detector's state dict in a published layout (to write files in that exact format)."""
-    return FROM_NATIVE[weights_format]({k: v.detach().cpu() for k, v in native.items()}, spec)
-
-
-def _fill_identity_bn_stats(state: StateDict) -> None:
-    """Caffe-converted frozen norms may carry only scale and shift: give them mean 0, var 1."""
-    for key in [k for k in state if k.endswith(".norm.weight")]:
-        prefix = key[: -len("weight")]
-        if prefix + "bias" in state and not any(prefix + stat in state for stat in BN_STATS):
-            state[prefix + "running_mean"] = torch.zeros_like(state[key])
-            state[prefix + "running_var"] = torch.ones_like(state[key])
-
-
 # ---------------------------------------------------------------- checking and loading
 
 
@@ -254,21 +112,29 @@ def compare_keys(native: StateDict, expected: StateDict) -> KeyReport:
     return report
 
 
-def check_weights(path: Path, weights_format: str, model: torch.nn.Module, spec: BackboneSpec) -> tuple[KeyReport, StateDict]:
-    """Read `path`, convert it, and report how its keys match `model` (nothing is loaded)."""
+def convert_file(path: Path, weights_format: str, spec: BackboneSpec) -> ConvertedWeights:
+    """Read `path` and convert it to the internal layout (nothing is loaded into a model)."""
     state = read_checkpoint(path)
-    resolved_format = detect_format(state) if weights_format == "auto" else weights_format
-    native = to_native(state, resolved_format, spec)
-    return compare_keys(native, model.state_dict()), native
+    try:
+        converted = to_native(state, weights_format, spec)
+    except LayoutError as error:
+        raise InputError(path, str(error)) from error
+    converted.source = path
+    return converted
 
 
-def load_weights(model: torch.nn.Module, config: ExtractorConfig) -> KeyReport:
-    """Fetch and load `config.weights` into `model`; any missing/unexpected/mismatched key is an error."""
+def read_weights(config: ExtractorConfig) -> ConvertedWeights:
+    """Fetch (URL: download once, SHA-256 checked when given) and convert `config.weights`."""
     path = fetch_weights(config.weights, sha256=config.weights_sha256, cache_dir=config.cache_dir)
-    report, native = check_weights(path, config.weights_format, model, config.spec)
+    return convert_file(path, config.weights_format, config.spec)
+
+
+def load_converted(model: torch.nn.Module, converted: ConvertedWeights, backbone: str) -> KeyReport:
+    """Load converted weights into `model`; any missing/unexpected/mismatched key is an error naming the file."""
+    report = compare_keys(converted.native, model.state_dict())
     if not report.ok:
-        raise InputError(path, f"weights do not fit backbone {config.backbone}: {report.summary()}")
-    model.load_state_dict({k: v.float() for k, v in native.items()}, strict=True)
+        raise InputError(converted.source, f"weights do not fit backbone {backbone}: {report.summary()}")
+    model.load_state_dict({k: v.float() for k, v in converted.native.items()}, strict=True)
     return report
 
 
@@ -339,9 +205,10 @@ def _download(url: str, cache_dir: Path, sha256: str) -> Path:
 # ---------------------------------------------------------------- writing (format fixtures, conversion)
 
 
-def write_published(native: StateDict, path: Path, weights_format: str, spec: BackboneSpec) -> None:
+def write_published(native: StateDict, path: Path, weights_format: str, spec: BackboneSpec, *,
+                    cell_anchors: bool = False) -> None:
     """Write `native` weights as a file in a published container (atomic: temp + rename)."""
-    published = to_published(native, weights_format, spec)
+    published = to_published(native, weights_format, spec, cell_anchors=cell_anchors)
     buffer = io.BytesIO()
     if weights_format == "airsplay":
         arrays = {k: v.numpy() for k, v in published.items()}

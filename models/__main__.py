@@ -1,4 +1,4 @@
-"""Command line: ``python -m models evaluate|train|search|index|attention ...`` (see each ``--help``).
+"""Command line: ``python -m models evaluate|export-scan|train|search|index|attention ...`` (see each ``--help``).
 
 Only argument parsing and printing live here; each command calls one library function. Config
 options come from the dataclasses (pipeline.config_flags), as the Luigi tasks' parameters do.
@@ -13,8 +13,9 @@ from models.attention_viz import draw_pair
 from models.compat import load_model_with_vocab, load_precomp_split
 from models.compat import load_model
 from models.config import EvalConfig
+from models.evaluate import evaluate_models, evaluation_pairs, format_table, save_results
+from models.export import export_scan
 from models.index import ensure_index
-from models.evaluate import evaluate_models, format_table, save_results
 from models.search import (SearchConfig, SearchIndex, answer_queries, format_results, load_caption_set, read_queries,
                            save_results as save_search_results)
 from models.train import run_train_job
@@ -41,11 +42,30 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     config, device = config_from_args(args, EvalConfig), resolve_device(args.device)
     loaded = [load_model_with_vocab(path, args.vocab, device) for path in args.checkpoint]
-    pairs = load_precomp_split(args.data, config.split, loaded[0][1])
+    pairs, protocol = evaluation_pairs(load_precomp_split(args.data, config.split, loaded[0][1]), config.split,
+                                       config.reference_dev)
     results, ranks = evaluate_models([model.model for model, _ in loaded], pairs, config, device, progress=True)
+    results = {**results, "protocol": protocol.as_dict()}
+    print(protocol.describe())
     print(format_table(results))
     if args.json is not None:
         save_results(results, ranks, args.json)
+    return 0
+
+
+def add_export(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("export-scan", help="Our checkpoint -> the reference SCAN's model_best.pth.tar + vocab")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="Our checkpoint (model_best.pth).")
+    parser.add_argument("--vocab", required=True, type=Path, help=VOCAB_HELP)
+    parser.add_argument("--out", required=True, type=Path, help="Folder for model_best.pth.tar and the vocabulary.")
+    parser.add_argument("--data-name", help="Dataset name for the reference, e.g. f30k_precomp (default: from X_vocab.json).")
+    parser.add_argument("--data-path", default="./data/", help="opt.data_path for the reference (default: ./data/).")
+    parser.set_defaults(handler=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    files = export_scan(args.checkpoint, args.vocab, args.out, data_name=args.data_name, data_path=args.data_path)
+    print(f"wrote {files.checkpoint} and {files.vocab}")
     return 0
 
 
@@ -127,7 +147,7 @@ def run_attention(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for add_command in (add_evaluate, add_train, add_search, add_index, add_attention):
+    for add_command in (add_evaluate, add_export, add_train, add_search, add_index, add_attention):
         add_command(commands)
     return parser
 

@@ -168,6 +168,8 @@ def draw_examples(checkpoint: str | PathLike[str], store_dir: str | PathLike[str
     out_dir.mkdir(parents=True, exist_ok=True)
     pictures = []
     for image_id, caption, image_file in examples:
+        if image_id not in store:  # the extractor could not read it: nothing to draw
+            continue
         record = _record(store, store_dir, image_id)
         if 0 in record.image_hw:
             continue

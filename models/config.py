@@ -107,6 +107,9 @@ class EvalConfig:
     split: str = field(default="test", metadata={
         "help": "Split to evaluate: dev | test (COCO: testall for the 5K images).", "choices": EVAL_SPLITS})
     fold5: bool = field(default=False, metadata={"help": "COCO: average over five 1K folds instead of the full 5K."})
+    reference_dev: bool = field(default=True, metadata={
+        "help": "Dev split of SCAN precomp data: only its first 5000 captions / 1000 images, as the reference's "
+                "loader; --no-reference-dev scores the whole split."})
     score_memory_mb: int = field(default=1024, metadata={
         "help": "Memory budget for one chunk of the similarity computation."})
     fused_scores: bool = field(default=True, metadata={

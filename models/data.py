@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pipeline.datasets.checks import CAPTIONS_PER_EVAL_IMAGE
 from pipeline.errors import InputError
 
-CAPTIONS_PER_IMAGE = 5
+CAPTIONS_PER_IMAGE = CAPTIONS_PER_EVAL_IMAGE  # the reference protocol: caption j belongs to image j // 5
 
 
 @runtime_checkable

@@ -2,10 +2,11 @@
 
 Protocols as the reference's ``evalrank``: Flickr30K 1K test (all images of the split);
 COCO 5-fold 1K (fold i: images [i*1000:(i+1)*1000], captions [i*5000:(i+1)*5000], metrics
-averaged) or the full 5K (``testall``). Caption j belongs to image j // 5; an image query's
-rank is the best rank among its captions. Ranks count the candidates scored strictly higher
-than the true one (exact ties go to the query). Several models form an ensemble by averaging
-their similarity matrices.
+averaged) or the full 5K (``testall``); dev: the reference's first 1000 images / 5000 captions
+(``reference_dev``) or all of them. Caption j belongs to image j // 5; an image query's rank is
+the best rank among its captions. One tie rule serves every protocol (``tie_rank``): a query's
+rank counts the wrong candidates scored at or above its best true one, so an exact tie counts
+against the query. Several models form an ensemble by averaging their similarity matrices.
 
 Besides SCAN (``exact``), the same protocols rank with the global head alone (``global``: cosine of
 one vector per image and caption) and with the two-stage combination (``two-stage``: per query, the
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from models.config import EvalConfig
-from models.data import CAPTIONS_PER_IMAGE, CaptionPairs, pad_captions
+from models.data import CAPTIONS_PER_IMAGE, CaptionPairs, first_images, pad_captions
 from models.encoders import SCANModel
 from models.scan import scores_within_budget
 from pipeline.atomic import atomic_output, write_text_atomic
@@ -33,6 +35,7 @@ from pipeline.atomic import atomic_output, write_text_atomic
 RECALL_AT = (1, 5, 10)
 FOLD_IMAGES = 1000
 RANK_CHUNK = 1024  # query rows per comparison block in the rank computation
+REFERENCE_DEV_IMAGES = 1000  # the reference's loader cuts dev to 5000 captions (data.py PrecompDataset)
 SHORTLIST_OFFSET = 1e6  # lifts re-ranked SCAN scores above every global score in the two-stage order
 
 
@@ -46,6 +49,43 @@ class Encoded:
     cap_lens: Tensor
     img_vec: Tensor | None = None   # (n_img, d) global vectors, when asked for
     cap_vec: Tensor | None = None   # (n_cap, d)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Which part of a split is scored: ``images`` / ``captions`` of the split's ``total_*``."""
+
+    split: str
+    reference_dev: bool
+    images: int
+    captions: int
+    total_images: int
+    total_captions: int
+
+    def describe(self) -> str:
+        """One line for the output, so printed numbers say what they were computed on."""
+        scored = f"{self.images} images / {self.captions} captions"
+        if self.split != "dev":
+            return f"{self.split}: {scored}"
+        if not self.reference_dev:
+            return f"dev, full split: {scored} (the reference scores the first {REFERENCE_DEV_IMAGES} images)"
+        if self.images < REFERENCE_DEV_IMAGES:
+            return (f"dev, reference protocol: all {scored}; the reference needs {REFERENCE_DEV_IMAGES} images "
+                    "and fails on fewer")
+        return (f"dev, reference protocol: the first {scored} of {self.total_images} / {self.total_captions} "
+                "(--no-reference-dev: all)")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "description": self.describe()}
+
+
+def evaluation_pairs(pairs: CaptionPairs, split: str, reference_dev: bool) -> tuple[CaptionPairs, Protocol]:
+    """The part of SCAN precomp ``pairs`` a split is scored on: dev with ``reference_dev`` keeps
+    the first 1000 images and their 5000 captions (the reference's loader stops there); every
+    other split, or dev without it, is scored whole."""
+    scored = first_images(pairs, REFERENCE_DEV_IMAGES) if split == "dev" and reference_dev else pairs
+    protocol = Protocol(split, reference_dev, len(scored.regions), len(scored), len(pairs.regions), len(pairs))
+    return scored, protocol
 
 
 @torch.no_grad()
@@ -96,21 +136,33 @@ def similarity_matrix(model: SCANModel, encoded: Encoded, config: EvalConfig,
 
 def i2t_ranks(sims: np.ndarray, per_image: int = CAPTIONS_PER_IMAGE) -> np.ndarray:
     """(n_img,) 0-based rank of the best-ranked true caption of each image query."""
-    _check_shape(sims, per_image)
+    _check_similarities(sims, per_image)
     n_img = sims.shape[0]
-    best_true = sims.reshape(n_img, n_img, per_image)[np.arange(n_img), np.arange(n_img)].max(axis=1)
-    return np.concatenate([(sims[s] > best_true[s, None]).sum(axis=1)
-                           for s in _chunks(n_img)]).astype(np.int64)
+    true = sims.reshape(n_img, n_img, per_image)[np.arange(n_img), np.arange(n_img)]  # (n_img, per_image)
+    best_true = true.max(axis=1)
+    return tie_rank(sims, best_true, (true == best_true[:, None]).sum(axis=1))
 
 
 def t2i_ranks(sims: np.ndarray, per_image: int = CAPTIONS_PER_IMAGE) -> np.ndarray:
     """(n_cap,) 0-based rank of the true image of each caption query."""
-    _check_shape(sims, per_image)
+    _check_similarities(sims, per_image)
     n_cap = sims.shape[1]
-    truth = np.arange(n_cap) // per_image
-    true_score = sims[truth, np.arange(n_cap)]
-    return np.concatenate([(sims[:, s] > true_score[None, s]).sum(axis=0)
-                           for s in _chunks(n_cap)]).astype(np.int64)
+    true = sims[np.arange(n_cap) // per_image, np.arange(n_cap)]
+    return tie_rank(sims.T, true, np.ones(n_cap, dtype=np.int64))
+
+
+def tie_rank(scores: np.ndarray, best_true: np.ndarray, true_at_best: np.ndarray) -> np.ndarray:
+    """The rank rule of every protocol: how many wrong candidates score at or above the best true one.
+
+    ``scores`` (n_query, n_candidates), ``best_true`` (n_query,) the best true candidate's score,
+    ``true_at_best`` (n_query,) how many true candidates reach it (they are not competitors).
+    An exact tie with a wrong candidate counts against the query: the worst position any
+    tie-breaking order could give it. The reference's reversed argsort breaks ties in whatever
+    order numpy's unstable sort leaves them, so only exact ties can rank differently.
+    """
+    at_or_above = np.concatenate([(scores[s] >= best_true[s, None]).sum(axis=1)
+                                  for s in _chunks(len(best_true))])
+    return (at_or_above - true_at_best).astype(np.int64)
 
 
 def recall_summary(ranks: np.ndarray) -> dict[str, float]:
@@ -275,6 +327,8 @@ def _chunks(n: int) -> list[slice]:
     return [slice(start, min(start + RANK_CHUNK, n)) for start in range(0, n, RANK_CHUNK)]
 
 
-def _check_shape(sims: np.ndarray, per_image: int) -> None:
+def _check_similarities(sims: np.ndarray, per_image: int) -> None:
     if sims.ndim != 2 or sims.shape[1] != sims.shape[0] * per_image:
         raise ValueError(f"similarities {sims.shape} must be (n_img, {per_image} * n_img)")
+    if not np.isfinite(sims).all():
+        raise ValueError("similarities hold NaN or infinite values: no rank is meaningful")

@@ -138,7 +138,7 @@ def write_report(out_dir: str | PathLike[str], eval_results: Mapping[str, Mappin
         protocol = PROTOCOLS.get(paper_figures, "same protocol as the paper rows")
     else:
         protocol = "same protocol as the paper rows" if paper else "no published figures for this dataset"
-    sections = ["# SCAN results", f"## Retrieval ({protocol})", recall_table(ours, paper)]
+    sections = ["# SCAN results", f"## Retrieval ({protocol})", recall_table(ours, paper), *_left_out(ours)]
     if train_log is not None:
         logs = read_train_log(train_log)
         plot_curves(logs, out_dir / CURVES_PNG)
@@ -149,6 +149,16 @@ def write_report(out_dir: str | PathLike[str], eval_results: Mapping[str, Mappin
     report = out_dir / "report.md"
     write_text_atomic(report, "\n\n".join(sections) + "\n")
     return report
+
+
+def _left_out(results: Mapping[str, dict]) -> list[str]:
+    """A note naming the images an evaluation left out because the store has no features for them."""
+    missing = sorted({image for found in results.values() for image in found.get("images_without_features", [])})
+    if not missing:
+        return []
+    shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+    return [f"{len(missing)} evaluation images could not be read by the extractor (see the store's "
+            f"failures.parquet) and are left out with their captions: {shown}."]
 
 
 def _epoch_table(logs: Sequence[EpochLog]) -> str:

@@ -26,7 +26,6 @@ from models.vector_index import DEFAULT_NPROBE, VectorIndex
 from pipeline.atomic import write_text_atomic
 from pipeline.captions import Vocabulary, read_captions, tokenize
 from pipeline.errors import InputError
-from pipeline.store import StoreReader
 
 IMAGE_PREFIX = "image:"
 

@@ -7,6 +7,7 @@ served as its own region source, images in caption order, the first 5 captions o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,23 +46,39 @@ class SplitRegions:
         return self.regions.read(self.positions[np.asarray(indices, dtype=np.int64)])
 
 
-def split_pairs(store_dir: Path, captions_path: Path, split: str, *, evaluation: bool) -> CaptionPairs:
-    """CaptionPairs of one split; for evaluation exactly 5 captions per image in image order."""
+@dataclass(frozen=True)
+class StoreSplit:
+    """One split's pairs, and the images left out because the store has no features for them."""
+
+    pairs: CaptionPairs
+    without_features: tuple[str, ...]
+
+
+def split_pairs(store_dir: Path, captions_path: Path, split: str, *, evaluation: bool) -> StoreSplit:
+    """CaptionPairs of one split; for evaluation exactly 5 captions per image in image order.
+
+    Images the store could not describe (unreadable files, listed in its failures.parquet) have no
+    features: their captions are left out and the images named in `without_features`.
+    """
     table = read_captions(captions_path, split).to_pydict()
     if not table["image_id"]:
         raise InputError(captions_path, f"no captions in split {split!r}")
     store = StoreReader(store_dir)
     position = {image_id: i for i, image_id in enumerate(store.image_ids)}
+    missing = tuple(dict.fromkeys(image_id for image_id in table["image_id"] if image_id not in position))
+    if len(missing) == len(set(table["image_id"])):
+        raise InputError(store_dir, f"none of the {len(missing)} images of split {split!r} has features "
+                                    f"(e.g. {list(missing[:3])}); is this the store of this dataset?")
+    keep = [row for row, image_id in enumerate(table["image_id"]) if image_id in position]
+    table = {name: [values[row] for row in keep] for name, values in table.items()}
     order = list(dict.fromkeys(table["image_id"]))
-    missing = [image_id for image_id in order if image_id not in position]
-    if missing:
-        raise InputError(store_dir, f"{len(missing)} images of split {split!r} have no features, e.g. {missing[:3]}")
     regions = SplitRegions(store, [position[image_id] for image_id in order])
     local = {image_id: i for i, image_id in enumerate(order)}
     rows = sorted(range(len(table["image_id"])), key=lambda r: (local[table["image_id"][r]], table["caption_index"][r]))
     if evaluation:
         rows = _first_per_image(rows, table["image_id"], captions_path, split)
-    return CaptionPairs(regions, [table["token_ids"][r] for r in rows], [local[table["image_id"][r]] for r in rows])
+    pairs = CaptionPairs(regions, [table["token_ids"][r] for r in rows], [local[table["image_id"][r]] for r in rows])
+    return StoreSplit(pairs, missing)
 
 
 def _first_per_image(rows: list[int], image_ids: list[str], source: Path, split: str) -> list[int]:
@@ -85,8 +102,9 @@ def evaluate_on_store(checkpoints: Sequence[Path], store_dir: Path, captions: Pa
     """
     resolved = resolve_device(device)
     models = [load_model(path, resolved).model for path in checkpoints]
-    pairs = split_pairs(store_dir, captions, SPLIT_NAMES.get(config.split, config.split), evaluation=True)
-    results, ranks = evaluate_models(models, pairs, config, resolved)
+    split = split_pairs(store_dir, captions, SPLIT_NAMES.get(config.split, config.split), evaluation=True)
+    results, ranks = evaluate_models(models, split.pairs, config, resolved)
+    results["images_without_features"] = list(split.without_features)
     save_results(results, ranks, out_dir / RESULTS_FILE)
     table = format_table(results)
     write_text_atomic(out_dir / TABLE_FILE, table + "\n")

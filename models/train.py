@@ -36,19 +36,19 @@ from tqdm import tqdm
 
 from models.compat import CHECKPOINT_FORMAT, load_precomp_split, read_checkpoint
 from models.config import EvalConfig, HeadConfig, ModelConfig, TrainConfig
-from models.data import CaptionBatch, CaptionPairs, first_images
+from models.data import CaptionBatch, CaptionPairs
 from models.encoders import SCANModel
-from models.evaluate import evaluate_models
+from models.evaluate import evaluate_models, evaluation_pairs
 from models.loss import ContrastiveLoss
 from pipeline.atomic import atomic_output, remove_abandoned_temp_files, write_text_atomic
 from pipeline.captions import Vocabulary
 from pipeline.devices import resolve_device
+from pipeline.processes import exclusive_folder
 from pipeline.errors import InputError
 
 LAST_CHECKPOINT = "checkpoint.pth"
 BEST_CHECKPOINT = "model_best.pth"
 SUMMARY = "summary.json"
-REFERENCE_DEV_IMAGES = 1000  # the reference validates on the first 5000 dev captions
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -101,16 +101,10 @@ def train(model_config: ModelConfig, train_config: TrainConfig, vocab_size: int,
         if train_config.bf16 and ranks.device.type != "cuda":
             raise ValueError("bf16 autocast needs a CUDA device")
         joint = head_config if head_config.enabled and head_config.head_training == "joint" else None
-        state = _TrainingState.create(model_config, train_config, vocab_size, ranks, out_dir, joint)
-        writer = SummaryWriter(out_dir / "tensorboard") if ranks.is_main else None
-        try:
-            for epoch in range(state.epoch, train_config.num_epochs):
-                _train_epoch(state, train_pairs, epoch, writer, progress)
-                state.epoch = epoch + 1
-                _validate_and_save(state, dev_pairs, eval_config, writer, progress)
-        finally:
-            if writer is not None:
-                writer.close()
+        # Rank 0 is the only writer; a second run on the same folder would interleave checkpoints.
+        with exclusive_folder(out_dir, "training") if ranks.is_main else nullcontext():
+            state = _TrainingState.create(model_config, train_config, vocab_size, ranks, out_dir, joint)
+            _run_epochs(state, train_pairs, dev_pairs, eval_config, progress)
         if ranks.world > 1:
             dist.barrier()  # the others wait for rank 0's last validation and checkpoint
         if not head_config.extra_stage:
@@ -122,6 +116,19 @@ def train(model_config: ModelConfig, train_config: TrainConfig, vocab_size: int,
     finally:
         if started_group:
             dist.destroy_process_group()
+
+
+def _run_epochs(state: _TrainingState, train_pairs: CaptionPairs, dev_pairs: CaptionPairs, eval_config: EvalConfig,
+                progress: Progress | None) -> None:
+    writer = SummaryWriter(state.out_dir / "tensorboard") if state.ranks.is_main else None
+    try:
+        for epoch in range(state.epoch, state.config.num_epochs):
+            _train_epoch(state, train_pairs, epoch, writer, progress)
+            state.epoch = epoch + 1
+            _validate_and_save(state, dev_pairs, eval_config, writer, progress)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def write_train_job(path: str | PathLike[str], *, model_config: ModelConfig, train_config: TrainConfig,
@@ -152,7 +159,7 @@ def run_train_job(path: str | PathLike[str], progress: Progress | None = None) -
         raise InputError(path, f"not a training job ({error})") from error
     vocab = Vocabulary.from_scan_json(vocab_path)
     train_pairs, dev_pairs = (load_precomp_split(data_dir, split, vocab) for split in splits)
-    dev_pairs = first_images(dev_pairs, REFERENCE_DEV_IMAGES)
+    dev_pairs, _ = evaluation_pairs(dev_pairs, "dev", configs[2].reference_dev)
     return train(configs[0], configs[1], len(vocab), train_pairs, dev_pairs, job["out_dir"],
                  eval_config=configs[2], progress=progress, head_config=head)
 
@@ -219,8 +226,7 @@ class _TrainingState:
     def summary(self) -> dict[str, Any]:
         return {"epochs": self.epoch, "steps": self.step, "best_rsum": self.best_rsum,
                 "best_epoch": self.best_epoch, "history": self.history,
-                "checkpoint": str(self.out_dir / LAST_CHECKPOINT),
-                "best_checkpoint": str(self.out_dir / BEST_CHECKPOINT)}
+                "checkpoint": LAST_CHECKPOINT, "best_checkpoint": BEST_CHECKPOINT}  # beside summary.json
 
 
 def _train_epoch(state: _TrainingState, pairs: CaptionPairs, epoch: int, writer: SummaryWriter | None,

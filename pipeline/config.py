@@ -49,9 +49,12 @@ class CaptionConfig:
         "help": "Use this SCAN vocab JSON (e.g. f30k_precomp_vocab.json) instead of building one from the train split."})
     row_group_size: int = field(default=65536, metadata={
         "help": "Captions per Parquet row group: the unit a reader loads at once."})
+    max_words: int = field(default=100, metadata={
+        "help": "Cut captions after this many tokens (the reference keeps them whole; no Flickr30K or COCO caption "
+                "is longer than 75), so one runaway line cannot blow up a batch; cut captions are counted."})
 
     def __post_init__(self) -> None:
         if self.vocab_threshold < 1:
             raise ValueError(f"vocab_threshold={self.vocab_threshold}; expected >= 1")
-        if self.row_group_size < 1:
-            raise ValueError(f"row_group_size={self.row_group_size}; expected >= 1")
+        if self.row_group_size < 1 or self.max_words < 1:
+            raise ValueError(f"row_group_size={self.row_group_size}, max_words={self.max_words}; expected >= 1")

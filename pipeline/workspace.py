@@ -42,6 +42,13 @@ def is_task_folder(path: Path) -> bool:
     return path.is_dir() and TASK_FOLDER.match(path.name) is not None
 
 
+def sibling_artifacts(artifact_dir: Path) -> list[Path]:
+    """The other artifact folders of the same task and dataset (other settings or data versions)."""
+    dataset = artifact_dir.name.rsplit("-", 1)[0]
+    return sorted(path for path in artifact_dir.parent.glob(f"{dataset}-*")
+                  if path != artifact_dir and is_task_folder(path))
+
+
 def write_json_atomic(final: str | PathLike[str], value: Any) -> None:
     """Readers see the old file or the complete new one (temp + fsync + rename)."""
     final = Path(final)

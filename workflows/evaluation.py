@@ -17,7 +17,8 @@ from workflows.params import config_of, config_parameters
 from workflows.training import ModelParams, TrainModel
 
 
-@config_parameters(EvalConfig, prefix="eval_", insignificant=("score_memory_mb", "fused_scores", "batch_size"))
+@config_parameters(EvalConfig, prefix="eval_", insignificant=("score_memory_mb", "fused_scores", "batch_size"),
+                   exclude=("reference_dev",))  # store splits are scored whole
 class EvalParams:
     """How the trained model is evaluated (EvalConfig) as `eval_*` parameters; by default in every mode
     (SCAN, the global head alone, two-stage), so one table compares them."""

@@ -6,10 +6,11 @@ from typing import Any
 
 import luigi
 
+from pipeline.fingerprints import files_fingerprint
 from pipeline.store.interop import import_records
 from pipeline.store.sources import FeatureSource
 from workflows.base import config_settings
-from workflows.data import DatasetTask
+from workflows.data import DatasetTask, dataset_captions
 from workflows.features import STORE_SUBDIR, ExtractorParams
 
 
@@ -24,9 +25,11 @@ class ImportFeatures(ExtractorParams, DatasetTask):
     features = luigi.Parameter(description="precomp:DIR | tsv:FILE | npz:DIR")
 
     def settings(self) -> dict[str, Any]:
+        """What the import reads: the source files by content (not their path), and the dataset's split order."""
         source = FeatureSource.parse(self.features)
-        return {"kind": source.kind, "path": str(source.path), "max_boxes": self.extractor_config().max_boxes,
-                "store": config_settings(self.store_config())}
+        return {"kind": source.kind, "files": files_fingerprint(source.files(), self.hashes()),
+                "max_boxes": self.extractor_config().max_boxes, "store": config_settings(self.store_config()),
+                **self.content_digest(dataset_captions)}
 
     def produce(self, out_dir: Path) -> None:
         source, store = FeatureSource.parse(self.features), self.store_config()

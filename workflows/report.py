@@ -11,7 +11,7 @@ import luigi
 from models.attention_viz import draw_examples
 from models.report import write_report
 from models.train import BEST_CHECKPOINT
-from workflows.data import VOCAB_FILE, BuildVocab
+from workflows.data import VOCAB_FILE, BuildVocab, dataset_captions
 from models.store_pairs import RESULTS_FILE, TABLE_FILE
 from workflows.evaluation import EnsembleSCAN, EvalParams, EvaluateSCAN
 from workflows.features import FeatureTask
@@ -28,6 +28,11 @@ class Report(EvalParams, ModelParams, FeatureTask):
 
     with_ensemble = luigi.BoolParameter(default=False, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                         description="Also train the other preset variants and report their ensemble.")
+
+    def settings(self) -> dict[str, Any]:
+        """The evaluations and model come in as upstream keys; the pictures show the first test images."""
+        return {"with_ensemble": self.with_ensemble, "examples": ATTENTION_EXAMPLES,
+                **self.content_digest(dataset_captions)}
 
     def requires(self) -> dict[str, Any]:
         tasks: dict[str, Any] = {"single": self.clone(EvaluateSCAN), "model": self.clone(TrainModel),
@@ -56,10 +61,23 @@ class TrainSCAN(Report):
     The trained model itself is the TrainModel task; this one is the user-facing end of the graph.
     """
 
+    def settings(self) -> dict[str, Any]:
+        return {}  # a copy of the Report (its key is upstream) that prints the table
+
     def requires(self) -> Any:
         return self.clone(Report)
 
     def produce(self, out_dir: Path) -> None:
         shutil.copytree(self.requires().artifact_dir, out_dir, dirs_exist_ok=True)
+        self.print_table()
+
+    def print_table(self) -> None:
         table = (self.clone(EvaluateSCAN).artifact_dir / TABLE_FILE).read_text()
-        print(f"\n{table}\nreport: {out_dir / REPORT_FILE}\n", flush=True)
+        print(f"\n{table}\nreport: {self.artifact_dir / REPORT_FILE}\n", flush=True)
+
+
+@TrainSCAN.event_handler(luigi.Event.DEPENDENCY_PRESENT)
+def _print_finished_table(task: luigi.Task) -> None:
+    """A run with nothing left to do still shows the user their table."""
+    if isinstance(task, TrainSCAN):
+        task.print_table()

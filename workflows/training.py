@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,8 +15,10 @@ import luigi
 from models.config import EvalConfig, HeadConfig, ModelConfig, TrainConfig
 from models.train import SUMMARY
 from pipeline.presets import presets_for
+from pipeline.processes import child_dies_with_parent
 from pipeline.store import read_store_info
 from pipeline.store.sources import FeatureSource
+from pipeline.workspace import write_json_atomic
 from workflows.base import config_settings
 from workflows.data import VOCAB_FILE, CAPTIONS_FILE, BuildVocab, CaptionParams, PrepareCaptions
 from workflows.features import STORE_SUBDIR, FeatureStore, FeatureTask
@@ -60,7 +63,8 @@ class TrainModel(ModelParams, FeatureTask):
     """
 
     def requires(self) -> dict[str, Any]:
-        return {"features": self.features_task(), "captions": self.clone(PrepareCaptions), "vocab": self.clone(BuildVocab)}
+        return {"features": self.features_task(), "captions": self.clone(PrepareCaptions),
+                "vocab": self.clone(BuildVocab)}
 
     def settings(self) -> dict[str, Any]:
         significant = {name: value for name, value in config_settings(self.train_config()).items()
@@ -73,27 +77,32 @@ class TrainModel(ModelParams, FeatureTask):
 
     def produce(self, out_dir: Path) -> None:
         store_dir = self.store_dir()
+        relative = {name: os.path.relpath(path, out_dir) for name, path in (
+            ("store_dir", store_dir), ("captions", self.clone(PrepareCaptions).artifact_dir / CAPTIONS_FILE),
+            ("vocab", self.clone(BuildVocab).artifact_dir / VOCAB_FILE))}
         spec = {"model": dataclasses.asdict(self.model_config(read_store_info(store_dir).feature_dim)),
                 "train": dataclasses.asdict(self.train_config()), "eval": dataclasses.asdict(EvalConfig(split="dev")),
                 "head": dataclasses.asdict(self.head_config()),
-                "store_dir": str(store_dir), "captions": str(self.clone(PrepareCaptions).artifact_dir / CAPTIONS_FILE),
-                "vocab": str(self.clone(BuildVocab).artifact_dir / VOCAB_FILE), "out_dir": str(out_dir)}
-        (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+                **relative}
+        write_json_atomic(out_dir / SPEC_FILE, spec)
         self.launch(out_dir, spec["train"]["num_epochs"])
 
-    def command(self, out_dir: Path) -> list[str]:
+    def command(self) -> list[str]:
+        """The trainer, run in the artifact folder (paths in the spec are relative to it)."""
         if self.nproc > 1:
             return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
-                    "-m", "workflows.train_entry", str(out_dir / SPEC_FILE)]
-        return [sys.executable, "-m", "workflows.train_entry", str(out_dir / SPEC_FILE)]
+                    "-m", "workflows.train_entry", SPEC_FILE]
+        return [sys.executable, "-m", "workflows.train_entry", SPEC_FILE]
 
     def launch(self, out_dir: Path, epochs: int) -> None:
-        """Run the trainer, reporting its epochs (from summary.json) as luigi progress."""
-        self.report(f"training {epochs} epochs with {self.nproc} process(es); log: {out_dir / TRAIN_LOG}", 0)
+        """Run the trainer (it dies with this process), reporting its epochs (from summary.json) as luigi progress."""
+        self.report(f"training {epochs} epochs with {self.nproc} process(es); log: {TRAIN_LOG} of {self.key()}", 0)
+        command = self.command()
         with open(out_dir / TRAIN_LOG, "a") as log:
-            log.write("$ " + " ".join(self.command(out_dir)) + "\n")
+            log.write("$ python " + " ".join(command[1:]) + "\n")
             log.flush()
-            process = subprocess.Popen(self.command(out_dir), stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, cwd=out_dir, stdout=log, stderr=subprocess.STDOUT,
+                                       preexec_fn=child_dies_with_parent())
             try:
                 reported = -1
                 while process.poll() is None:
@@ -105,7 +114,8 @@ class TrainModel(ModelParams, FeatureTask):
                     process.wait()
         if process.returncode:
             tail = (out_dir / TRAIN_LOG).read_text().splitlines()[-20:]
-            raise RuntimeError(f"training failed (exit {process.returncode}); end of {out_dir / TRAIN_LOG}:\n" + "\n".join(tail))
+            raise RuntimeError(f"training failed (exit {process.returncode}); end of {out_dir / TRAIN_LOG}:\n"
+                               + "\n".join(tail))
 
     def report_epochs(self, out_dir: Path, epochs: int, reported: int) -> int:
         """Report the newest finished epoch (from summary.json) if it is new; return it."""

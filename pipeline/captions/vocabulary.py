@@ -20,6 +20,22 @@ SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")
 PAD, START, END, UNK = range(len(SPECIALS))
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json's object hook: Python keeps the last of two equal keys; a vocabulary must not be ambiguous."""
+    found: dict[str, object] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key)
+        found[key] = value
+    return found
+
+
 class Vocabulary:
     """Words in id order; ids 0-3 are the specials, so a padded batch is all zeros past each caption."""
 
@@ -47,9 +63,11 @@ class Vocabulary:
         if not path.is_file():
             raise MissingDataError(path, "vocabulary file not found", hint=SCAN_VOCAB_HINT)
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
+            document = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_refuse_duplicate_keys)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise InputError(path, f"not a JSON vocabulary ({error})") from error
+        except _DuplicateKey as duplicate:
+            raise InputError(path, f"the key {duplicate.key!r} appears twice; a word has one id") from None
         word2idx = document.get("word2idx") if isinstance(document, dict) else None
         if not isinstance(word2idx, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in word2idx.values()):
             raise InputError(path, "expected SCAN's vocab format: 'word2idx' mapping words to integer ids", location="word2idx")

@@ -41,8 +41,19 @@ def read_captions_csv(path: Path) -> list[RawImage]:
         raise InputError(path, f"header must name columns image,caption[,split]; missing {', '.join(missing)}",
                          location="line 1")
     images: dict[str, RawImage] = {}
-    for row in reader:
-        location = f"line {reader.line_num}"
+    rows = iter(reader)
+    while True:
+        first_line = reader.line_num + 1
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as error:  # e.g. a quote never closed before the end of the file
+            raise InputError(path, f"malformed CSV ({error}); is a quote left open?", location=f"line {first_line}")
+        location = f"line {first_line}"
+        if reader.line_num != first_line:
+            raise InputError(path, f"a quoted field runs on to line {reader.line_num}: a quote is left open, which "
+                                   "would swallow the rows after it", location=location)
         if None in row or any(row[name] is None for name in REQUIRED_COLUMNS):
             raise InputError(path, f"expected {len(reader.fieldnames)} columns", location=location)
         _add_row(images, path, row["image"], row["caption"], row.get("split"), location)

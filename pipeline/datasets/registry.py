@@ -65,7 +65,7 @@ def _spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
-def _paths(config: DatasetConfig) -> tuple[Path, Path]:
+def dataset_files(config: DatasetConfig) -> tuple[Path, Path]:
     """(image root, captions file) after the config's overrides; the first existing candidate wins."""
     spec = _spec(config.name)
     folder = Path(config.data_root) / spec.name
@@ -80,7 +80,7 @@ def _paths(config: DatasetConfig) -> tuple[Path, Path]:
 def registered_config(name: str, data_root: Path, **overrides: object) -> DatasetConfig:
     """DatasetConfig with image_dir and captions_file resolved to the registry's files under `data_root`."""
     config = DatasetConfig(name=name, data_root=Path(data_root), **overrides)
-    image_root, captions_file = _paths(config)
+    image_root, captions_file = dataset_files(config)
     return dataclasses.replace(config, image_dir=image_root, captions_file=captions_file)
 
 
@@ -106,12 +106,15 @@ def _read(spec: DatasetSpec, captions_file: Path) -> list[RawImage]:
 def load_dataset(config: DatasetConfig) -> Dataset:
     """Reads and checks the dataset `config` names; absent files -> MissingDataError with where to get them."""
     spec = _spec(config.name)
-    image_root, captions_file = _paths(config)
+    image_root, captions_file = dataset_files(config)
     if not captions_file.is_file():
         raise MissingDataError(captions_file, f"captions file of dataset {spec.name!r} not found", hint=spec.hint)
     if config.missing_images != "allow" and not image_root.is_dir():
         raise MissingDataError(image_root, f"image folder of dataset {spec.name!r} not found", hint=spec.hint)
     records, skipped = build_records(_read(spec, captions_file), source=captions_file, image_root=image_root)
+    if not records:
+        raise InputError(captions_file, "no image with a caption in it" + (f" ({len(skipped)} entries left out, e.g. "
+                                        f"{skipped[0].location}: {skipped[0].reason})" if skipped else ""))
     records, absent = drop_absent_images(records, policy=config.missing_images, source=captions_file,
                                          image_root=image_root, hint=spec.hint)
     boxes = captions_file.parent / spec.boxes_file if spec.boxes_file else None

@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -118,13 +120,35 @@ def open_shard(path: str | PathLike[str], mode: str = "r") -> h5py.File:
     try:
         return h5py.File(path, mode)
     except FileNotFoundError as error:
-        raise InputError(path, "shard file is missing; re-run extraction to rebuild it") from error
+        raise InputError(path, "shard file is missing; re-run the same extraction (the workflow, or `python -m extractors "
+                               "extract` with the same settings): only the missing shard's images are extracted again") from error
     except OSError as error:
-        raise InputError(path, f"cannot be read as HDF5, truncated or corrupt ({error}); "
-                               "delete it and re-run extraction") from error
+        raise InputError(path, f"cannot be read as HDF5, truncated or corrupt ({error}); re-run the same extraction: "
+                               "it deletes the unusable shard and extracts only its images again") from error
 
 
 def shard_info(handle: h5py.File) -> Optional[StoreInfo]:
     """The StoreInfo a shard was written under, or None for a shard written without one."""
     text = handle.attrs.get("store_info")
     return None if text is None else info_from_json(str(text), Path(handle.filename))
+
+
+def adopt_shards(source_dir: str | PathLike[str], target_dir: str | PathLike[str]) -> int:
+    """Give an empty store the published shards of another store made the same way; returns how many.
+
+    Shards are immutable, so they are hard-linked (no copy, no extra disk; copied where links are not
+    possible): a new version of a dataset then extracts only its new or changed images.
+    """
+    source, target = read_store_info(source_dir), read_store_info(target_dir)
+    check_same_store(source, target, Path(target_dir) / STORE_JSON)
+    if completed_shards(target_dir):
+        raise ValueError(f"{target_dir}: already holds shards; shards are only adopted into an empty store")
+    adopted = 0
+    for index, path in completed_shards(source_dir).items():
+        destination = shard_path(target_dir, index)
+        try:
+            os.link(path, destination)
+        except OSError:
+            shutil.copy2(path, destination)
+        adopted += 1
+    return adopted

@@ -13,6 +13,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.atomic import write_parquet_atomic
 from pipeline.store.layout import FAILURES, MANIFEST, completed_shards, open_shard, shard_path
@@ -105,18 +106,20 @@ def plan_shards(images: Sequence[tuple[str, str, str]], store_dir: str | PathLik
     return [ShardPlan(first + n, shard_path(store_dir, first + n), chunk) for n, chunk in enumerate(chunks)]
 
 
-def commit_manifest(store_dir: str | PathLike[str], image_ids: Optional[Iterable[str]] = None) -> Path:
+def commit_manifest(store_dir: str | PathLike[str], image_ids: Optional[Iterable[str]] = None, *,
+                    keep_listed: bool = False) -> Path:
     """Rebuild failures.parquet, then manifest.parquet (last: it marks the store complete).
 
     With `image_ids`, the manifest lists exactly those images in that order (a failed one goes to
-    failures.parquet; one never attempted is an error); without, every stored image by shard, row.
+    failures.parquet; one never attempted is an error), after the images the current manifest lists
+    when `keep_listed` (adding images never removes others); without, every stored image by shard, row.
     """
     store_dir = Path(store_dir)
     newest = newest_entries(store_dir)
     if image_ids is None:
         chosen = sorted(newest.values(), key=lambda entry: (entry.shard, entry.row))
     else:
-        wanted = list(image_ids)
+        wanted = list(dict.fromkeys([*(_listed(store_dir) if keep_listed else []), *image_ids]))
         missing = [image_id for image_id in wanted if image_id not in newest]
         if missing:
             raise ValueError(f"{store_dir}: {len(missing)} images were never extracted (first: {missing[0]!r}); "
@@ -128,6 +131,24 @@ def commit_manifest(store_dir: str | PathLike[str], image_ids: Optional[Iterable
     manifest = store_dir / MANIFEST
     write_parquet_atomic(manifest, _table(done, MANIFEST_SCHEMA))
     return manifest
+
+
+def read_failures(store_dir: str | PathLike[str]) -> list[tuple[str, str]]:
+    """(image_id, reason) of every image the store could not describe, as its last commit listed them."""
+    path = Path(store_dir) / FAILURES
+    if not path.is_file():
+        return []
+    table = pq.read_table(path, columns=["image_id", "reason"]).to_pydict()
+    return list(zip(table["image_id"], table["reason"]))
+
+
+def _listed(store_dir: Path) -> list[str]:
+    """Image ids of the current manifest and failures table (none when the store has no manifest yet)."""
+    listed = []
+    for name in (MANIFEST, FAILURES):
+        if (store_dir / name).is_file():
+            listed += pq.read_table(store_dir / name, columns=["image_id"]).column("image_id").to_pylist()
+    return listed
 
 
 def _table(entries: list[StoredImage], schema: pa.Schema) -> pa.Table:

@@ -44,6 +44,9 @@ class StoreReader:
     def __len__(self) -> int:
         return len(self._ids)
 
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._position
+
     @property
     def image_ids(self) -> list[str]:
         return self._ids

@@ -36,6 +36,16 @@ class FeatureSource:
     def extracted(self) -> bool:
         return self.kind == "extract"
 
+    def files(self) -> list[Path]:
+        """The files an import reads (what its result depends on); [] for extraction or a missing path."""
+        if self.path is None or not self.path.exists():
+            return []
+        if self.kind == "tsv":
+            return [self.path]
+        if self.kind == "npz":
+            return sorted(self.path.glob("*.npz"))
+        return sorted(path for split in PRECOMP_SPLITS for path in self.path.glob(f"{split}_i[md]s.*"))
+
     def records(self, split_ids: Callable[[str], list[str]]) -> Iterator[RegionRecord]:
         """The imported regions; precomp rows take `{split}_ids.txt` or, without it, `split_ids(split)`.
 

@@ -15,7 +15,11 @@ from pipeline.atomic import is_temp_path
 from pipeline.store.layout import MANIFEST, SHARDS_DIR, StoreInfo, completed_shards, open_shard, read_store_info, shard_info
 from pipeline.store.planning import MANIFEST_SCHEMA, newest_entries
 
-_REEXTRACT = "delete this shard, then re-run extraction (only its images are redone) and commit_manifest"
+_REEXTRACT = ("re-run the same extraction (the workflow, or `python -m extractors extract` with the same settings): "
+              "it deletes this unusable shard and extracts only its images again")
+_DELETE_THEN_REEXTRACT = ("delete this shard, then re-run the same extraction (the workflow, or `python -m extractors "
+                          "extract` with the same settings): only its images are extracted again")
+_RECOMMIT = "re-run the same extraction: it finds nothing new to extract and rewrites the manifest"
 _BLOCK = 64
 
 
@@ -52,6 +56,12 @@ def verify_store(store_dir: str | PathLike[str], *, check_values: bool = True) -
     return problems + _check_manifest(store_dir, row_counts)
 
 
+def unusable_shards(store_dir: str | PathLike[str]) -> list[Path]:
+    """Published shards that cannot be read or do not fit the store (truncated, garbage, another store's)."""
+    info = read_store_info(store_dir)
+    return [path for path in completed_shards(store_dir).values() if _check_shard(path, info, False)[0] is None]
+
+
 def _check_shard(path: Path, info: StoreInfo, check_values: bool) -> tuple[Optional[int], list[Problem]]:
     """Row count of a readable shard (None if unusable) and the problems found in it."""
     try:
@@ -80,12 +90,12 @@ def _check_open_shard(handle: h5py.File, path: Path, info: StoreInfo, check_valu
     stored = shard_info(handle)
     if stored is not None and stored.differences(info):
         problems.append(Problem(str(path), f"written with a different {', '.join(stored.differences(info))} than store.json",
-                                "this shard belongs to another store; delete it and re-run extraction"))
+                                "this shard belongs to another store: " + _REEXTRACT))
     if problems:
         return None, problems
     num_boxes = handle["num_boxes"][()]
     if n and (num_boxes.min() < 1 or num_boxes.max() > k):
-        problems.append(Problem(str(path), f"num_boxes outside 1..{k}", _REEXTRACT))
+        problems.append(Problem(str(path), f"num_boxes outside 1..{k}", _DELETE_THEN_REEXTRACT))
     if check_values:
         problems += _check_finite(handle, path)
     return n, problems
@@ -99,24 +109,24 @@ def _check_finite(handle: h5py.File, path: Path) -> list[Problem]:
             row = start + int(np.flatnonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1))[0])
             name = handle["image_ids"][row]
             return [Problem(str(path), f"features of image {name.decode() if isinstance(name, bytes) else name!r} "
-                                       f"(row {row}) contain NaN or Inf", _REEXTRACT)]
+                                       f"(row {row}) contain NaN or Inf", _DELETE_THEN_REEXTRACT)]
     return []
 
 
 def _check_manifest(store_dir: Path, row_counts: dict[int, int]) -> list[Problem]:
     path = store_dir / MANIFEST
     if not path.is_file():
-        return [Problem(str(path), "missing: extraction did not finish", "re-run extraction, or call commit_manifest")]
+        return [Problem(str(path), "missing: extraction did not finish", _RECOMMIT)]
     try:
         table = pq.read_table(path)
     except Exception as error:
-        return [Problem(str(path), f"unreadable ({error})", "rebuild it with commit_manifest")]
+        return [Problem(str(path), f"unreadable ({error})", _RECOMMIT)]
     if not table.schema.equals(MANIFEST_SCHEMA):
-        return [Problem(str(path), f"unexpected columns {table.schema.names}", "rebuild it with commit_manifest")]
+        return [Problem(str(path), f"unexpected columns {table.schema.names}", _RECOMMIT)]
     manifest = table.to_pydict()
     problems = []
     if len(set(manifest["image_id"])) != table.num_rows:
-        problems.append(Problem(str(path), "lists an image id more than once", "rebuild it with commit_manifest"))
+        problems.append(Problem(str(path), "lists an image id more than once", _RECOMMIT))
     by_shard: dict[int, list[int]] = {}
     for entry, shard in enumerate(manifest["shard"]):
         by_shard.setdefault(shard, []).append(entry)
@@ -136,7 +146,7 @@ def _check_newest(store_dir: Path, path: Path, manifest: dict) -> list[Problem]:
         if latest is not None and (latest.shard, latest.row) != (manifest["shard"][entry], manifest["row"][entry]):
             kind = "failure" if latest.failure is not None else "row"
             return [Problem(str(path), f"stale: image {image_id!r} has a newer {kind} in shard {latest.shard}",
-                            "run commit_manifest (extraction was interrupted before its last step)")]
+                            "extraction was interrupted before its last step: " + _RECOMMIT)]
     return []
 
 
@@ -145,10 +155,10 @@ def _check_manifest_rows(store_dir: Path, path: Path, shard: int, entries: list[
     """Do the manifest entries pointing into one shard match that shard's rows?"""
     if shard not in row_counts:
         return [Problem(str(path), f"{len(entries)} images point to shard {shard}, which is missing or unusable",
-                        "re-run extraction for them, then commit_manifest")]
+                        _REEXTRACT.replace("this shard", "the shard"))]
     rows = [manifest["row"][entry] for entry in entries]
     if max(rows) >= row_counts[shard] or min(rows) < 0:
-        return [Problem(str(path), f"rows outside shard {shard} (it has {row_counts[shard]})", "rebuild it with commit_manifest")]
+        return [Problem(str(path), f"rows outside shard {shard} (it has {row_counts[shard]})", _RECOMMIT)]
     with open_shard(completed_shards(store_dir)[shard]) as handle:
         ids, boxes, hw = handle["image_ids"].asstr()[()], handle["num_boxes"][()], handle["image_hw"][()]
     for entry, row in zip(entries, rows):
@@ -156,5 +166,5 @@ def _check_manifest_rows(store_dir: Path, path: Path, shard: int, entries: list[
         listed = tuple(manifest[name][entry] for name in ("image_id", "num_boxes", "height", "width"))
         if stored != listed:
             return [Problem(str(path), f"entry {entry} says {listed} but shard {shard} row {row} holds {stored}",
-                            "rebuild it with commit_manifest")]
+                            _RECOMMIT)]
     return []

@@ -1,11 +1,13 @@
 """The Docker images, compose file and conda environment stay true to pyproject.toml.
 
-No Docker engine runs on the development machines, so these checks are what keeps the
-images honest: hadolint on every Dockerfile, one install step shared with the README and
-CI, identical pins everywhere, and the compose file valid against the Compose schema.
+These run in every test run, without an engine: hadolint on every Dockerfile, one install step
+shared with the README and CI, identical pins everywhere, build arguments where users need
+them, and the compose file valid against the Compose schema. Building and running the images
+is docker/smoke.sh's job (README, "Docker"), which needs an engine and is run by hand.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.resources
 import json
 import re
@@ -76,6 +78,16 @@ def test_images_install_with_the_readme_install_step(dockerfile):
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_copy_every_package_the_project_installs(dockerfile):
+    """A package left out of the image (e.g. a new top-level one) would make the installed project incomplete."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    include = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = sorted(pattern.rstrip("*") for pattern in include)
+    copied = re.findall(r"^COPY (\w+)/ \1/$", dockerfile.read_text(), flags=re.M)
+    assert sorted(set(copied) - {"scripts"}) == packages
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_images_run_as_non_root_with_volumes_and_the_demo_command(dockerfile):
     text = dockerfile.read_text()
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
@@ -89,7 +101,43 @@ def test_cuda_image_covers_ampere_ada_hopper_and_pins_detectron2():
     arch = re.search(r'TORCH_CUDA_ARCH_LIST="([^"]+)"', text).group(1).split(";")
     assert {"8.0", "8.6", "8.9", "9.0"} <= set(arch)
     assert re.search(r"DETECTRON2_COMMIT=[0-9a-f]{40}\b", text)
-    assert "--no-build-isolation" in text
+    assert "--no-build-isolation" in (REPO / "docker" / "detectron2.sh").read_text()
+
+
+def test_detectron2_builds_with_the_cuda_toolkit_that_torch_pins():
+    """nvcc for the optional detectron2 layer comes from PyPI: it must be torch's own CUDA release."""
+    torch_wants = [r for r in importlib.metadata.requires("torch") if r.startswith("cuda-toolkit")]
+    pinned = re.search(r"cuda-toolkit(?:\[[^]]*\])?==([0-9.]+)", torch_wants[0]).group(1)
+    assert f'"cuda-toolkit[nvcc,cccl]=={pinned}"' in (REPO / "docker" / "detectron2.sh").read_text()
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_torch_index_and_base_image_are_build_args(dockerfile):
+    """--build-arg must reach them (an ENV index cannot be pointed at a mirror)."""
+    text = dockerfile.read_text()
+    assert "PIP_INDEX_URL=" not in "".join(re.findall(r"^ENV[^\n]*(?:\\\n[^\n]*)*", text, re.M))
+    default = {"Dockerfile.cpu": "https://download.pytorch.org/whl/cpu", "Dockerfile.cuda": "https://pypi.org/simple"}
+    assert re.search(rf"^ARG TORCH_INDEX_URL={re.escape(default[dockerfile.name])}$", text, re.M)
+    assert 'PIP_INDEX_URL="$TORCH_INDEX_URL"' in text
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11\.7-slim-bookworm$", text, re.M)
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_check_the_workspace_and_keep_the_kernel_cache_on_it(dockerfile):
+    text = dockerfile.read_text()
+    assert "COPY docker/entrypoint.sh /usr/local/bin/scan-entrypoint" in text
+    assert 'ENTRYPOINT ["/usr/local/bin/scan-entrypoint"]' in text
+    assert "TORCH_EXTENSIONS_DIR=/workspace/.cache/torch_extensions" in text
+
+
+def test_build_tools_are_pinned():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert all(re.fullmatch(r"[a-z]+==[0-9.]+", r) for r in pyproject["build-system"]["requires"])
+    assert pyproject["project"]["license"] == "Apache-2.0"  # the SPDX string, not the deprecated table
+    install = (REPO / "scripts" / "install.sh").read_text()
+    assert re.search(r"^PIP_VERSION=[0-9]+(\.[0-9]+)+$", install, re.M)
+    assert '"pip==$PIP_VERSION"' in install and "--upgrade pip" not in install
 
 
 def test_environment_yml_pins_equal_pyproject():

@@ -47,7 +47,7 @@ def test_nan_feature_in_a_shard_is_found(workspace, capsys) -> None:
         handle["features"][0, 0, 0] = np.nan
     [finding] = _problems(root, capsys)["problems"]
     assert finding["check"] == "store" and "NaN or Inf" in finding["problem"] and "shard-00001.h5" in finding["path"]
-    assert "re-run extraction" in finding["fix"]
+    assert finding["fix"].startswith("delete this shard, then re-run the same extraction")
 
 
 def test_truncated_shard_and_missing_manifest_are_found(workspace, capsys) -> None:

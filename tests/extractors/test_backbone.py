@@ -26,8 +26,8 @@ def test_r101_layout_matches_the_published_model():
     assert shapes["proposal_generator.rpn_head.anchor_deltas.weight"] == (48, 512, 1, 1)
     assert shapes["roi_heads.box_predictor.cls_score.weight"] == (1601, 2048)
     assert shapes["roi_heads.box_predictor.bbox_pred.weight"] == (6400, 2048)
-    assert shapes["roi_heads.box_predictor.attr_linear1.weight"] == (512, 2048 + 256)
-    assert shapes["roi_heads.box_predictor.attr_linear2.weight"] == (401, 512)
+    assert shapes["roi_heads.box_predictor.fc_attr.weight"] == (512, 2048 + 256)
+    assert shapes["roi_heads.box_predictor.attr_score.weight"] == (401, 512)
     # Caffe: stride in the first 1x1 of a block; res5 keeps 14x14 with a dilated 3x3.
     assert model.backbone.res3[0].conv1.stride == (2, 2) and model.backbone.res3[0].conv2.stride == (1, 1)
     assert model.roi_heads.res5[0].conv1.stride == (1, 1) and model.roi_heads.res5[0].conv2.dilation == (2, 2)

@@ -127,12 +127,40 @@ def test_given_boxes_mode_keeps_exactly_the_given_boxes(shared_data, tmp_path, d
     given = {"1000268201_693b08cb0e": [[0, 0, 100, 75], [50, 40, 199, 149]], "1001773457_577c3a7d70": [[10, 10, 60, 90]]}
     boxes_file = tmp_path / "boxes.json"
     boxes_file.write_text(json.dumps(given))
-    _extract(images, tmp_path / "store", detector, boxes=load_boxes_json(boxes_file), boxes_sha256="abc")
+    _extract(images, tmp_path / "store", detector, boxes=load_boxes_json(boxes_file))
     with h5py.File(tmp_path / "store" / "shards" / "shard-00000.h5", "r") as handle:
         np.testing.assert_array_equal(handle["num_boxes"][()], [2, 1])
         np.testing.assert_allclose(handle["boxes"][0, :2], given["1000268201_693b08cb0e"], atol=1e-3)
         assert np.abs(handle["features"][0, :2]).sum() > 0 and not handle["features"][0, 2:].any()
-    assert StoreReader(tmp_path / "store").info.extractor["given_boxes_sha256"] == "abc"
+    assert StoreReader(tmp_path / "store").info.extractor["given_boxes"] is True
+
+
+def test_given_boxes_store_grows_and_re_extracts_an_image_whose_boxes_changed(shared_data, tmp_path, detector) -> None:
+    images = _photos(shared_data, tmp_path / "images", 3)
+    first, second, later = sorted(images.iterdir())
+    later.rename(tmp_path / later.name)  # added to the image set after the first run
+    boxes = {first.stem: [[0, 0, 100, 75]], second.stem: [[10, 10, 60, 90]]}
+    _extract(images, tmp_path / "store", detector, boxes=load_boxes_json(_write_json(tmp_path / "b1.json", boxes)))
+    shard0 = (tmp_path / "store" / "shards" / "shard-00000.h5").read_bytes()
+    (tmp_path / later.name).rename(later)
+    boxes.update({later.stem: [[5, 5, 50, 50]], second.stem: [[20, 20, 80, 90]]})
+    summary = _extract(images, tmp_path / "store", detector, boxes=load_boxes_json(_write_json(tmp_path / "b2.json", boxes)))
+    assert (summary.extracted, summary.skipped) == (2, 1)  # the new image, and the one whose boxes changed
+    assert (tmp_path / "store" / "shards" / "shard-00000.h5").read_bytes() == shard0
+    assert StoreReader(tmp_path / "store").get(second.stem).boxes[0].tolist() == [20, 20, 80, 90]
+
+
+def test_given_boxes_beyond_max_boxes_fail_that_image_only(shared_data, tmp_path, detector) -> None:
+    images = _photos(shared_data, tmp_path / "images", 2)
+    first, second = (path.stem for path in sorted(images.iterdir()))
+    boxes = {first: [[0, 0, 10, 10]] * (CONFIG.max_boxes + 1), second: [[10, 10, 60, 90]]}
+    summary = _extract(images, tmp_path / "store", detector, boxes=load_boxes_json(_write_json(tmp_path / "b.json", boxes)))
+    assert summary.extracted == 1 and summary.failures == ((first, "5 given boxes, more than max_boxes=4"),)
+
+
+def _write_json(path: Path, value: object) -> Path:
+    path.write_text(json.dumps(value))
+    return path
 
 
 @pytest.mark.parametrize("content, problem", [

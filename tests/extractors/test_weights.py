@@ -1,5 +1,6 @@
-"""Published weight layouts: exact-format files generated here load with no key problems,
-equivalent airsplay and milvlg files give the same detections, and loading is safe."""
+"""Published weight files: generated here in each container, they load with no key problems,
+equivalent airsplay and milvlg files give the same detections under both recipes, and loading
+is safe. The layouts themselves are pinned against the references in test_layouts.py."""
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +19,8 @@ from PIL import Image
 from extractors.config import ExtractorConfig
 from extractors.detector import BottomUpDetector, build_detector
 from extractors.preprocess import collate_images, prepare_image
-from extractors.weights import check_weights, detect_format, fetch_weights, read_checkpoint, to_native, to_published, write_published
+from extractors.layouts import detect_format, to_native, to_published
+from extractors.weights import compare_keys, convert_file, fetch_weights, read_checkpoint, write_published
 from pipeline.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +58,7 @@ def test_files_have_the_published_containers_and_layouts(published_files):
     assert pth["proposal_generator.rpn_head.objectness_logits.weight"].shape[0] == 24
     assert pth["roi_heads.box_predictor.bbox_pred.weight"].shape[0] == 6404
     assert "roi_heads.box_predictor.cls_embed.weight" in pth and "roi_heads.box_predictor.cls_embedding.weight" not in pth
+    assert "roi_heads.box_predictor.fc_attr.weight" in pkl["model"] and "roi_heads.box_predictor.attr_linear1.weight" not in pkl["model"]
     assert detect_format(read_checkpoint(published_files["airsplay"])) == "airsplay"
     assert detect_format(read_checkpoint(published_files["milvlg"])) == "milvlg"
 
@@ -68,18 +71,22 @@ def test_airsplay_layout_is_background_last_and_size_major(source_model, config)
     assert order == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]  # detectron2: for each size, each ratio
     deltas = published["proposal_generator.rpn_head.anchor_deltas.bias"].reshape(12, 4)
     torch.testing.assert_close(deltas[1], native["proposal_generator.rpn_head.anchor_deltas.bias"].reshape(12, 4)[4])
-    for key in ("cls_score.bias", "attr_linear2.bias", "cls_embedding.weight"):
+    for key in ("cls_score.bias", "attr_score.bias", "cls_embedding.weight"):
         name = "roi_heads.box_predictor." + key
         torch.testing.assert_close(published[name][-1], native[name][0])  # background / "no attribute"
         torch.testing.assert_close(published[name][0], native[name][1])
 
 
-def test_both_formats_give_the_same_detections(published_files, source_model, config, shared_data):
+@pytest.mark.parametrize("recipe", ["caffe", "airsplay"])
+def test_both_formats_give_the_same_detections(published_files, source_model, config, shared_data, recipe):
     photo = np.asarray(Image.open(shared_data / "butd_demo_images" / "000542.jpg").convert("RGB"))
-    batch = collate_images([prepare_image(photo, config)])
-    expected = source_model(batch)[0]
+    recipe_config = replace(config, recipe=recipe)
+    batch = collate_images([prepare_image(photo, recipe_config)])
+    source = BottomUpDetector(recipe_config).eval()
+    source.load_state_dict(source_model.state_dict())
+    expected = source(batch)[0]
     for fmt, path in published_files.items():
-        loaded = build_detector(replace(config, weights=str(path), weights_format="auto", seed=99))
+        loaded = build_detector(replace(recipe_config, weights=str(path), weights_format="auto", seed=99))
         out = loaded(batch)[0]
         np.testing.assert_allclose(out.boxes, expected.boxes, rtol=1e-4, atol=1e-2, err_msg=fmt)
         np.testing.assert_allclose(out.features, expected.features, rtol=1e-4, atol=1e-4, err_msg=fmt)
@@ -101,7 +108,7 @@ def test_r101_files_in_both_layouts_fit_with_zero_problems(tmp_path):
     model = BottomUpDetector(spec_config)
     path = tmp_path / "faster_rcnn_from_caffe_attr.pkl"
     write_published(model.state_dict(), path, "airsplay", spec_config.spec)
-    report, _ = check_weights(path, "auto", model, spec_config.spec)
+    report = compare_keys(convert_file(path, "auto", spec_config.spec).native, model.state_dict())
     assert (report.missing, report.unexpected, report.mismatched) == ([], [], [])
     tiny = ExtractorConfig(backbone="R101-C4-VG", weights=str(path), device="cpu", test_short_side=64, test_max_side=80)
     photo = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
@@ -109,7 +116,7 @@ def test_r101_files_in_both_layouts_fit_with_zero_problems(tmp_path):
     assert out.features.shape == (1, 2048) and np.isfinite(out.features).all()
     milvlg = to_published(model.state_dict(), "milvlg", spec_config.spec)
     milvlg = {k: v for k, v in milvlg.items()} | {"backbone.res4.0.conv1.norm.num_batches_tracked": torch.tensor(0)}
-    native = to_native(milvlg, "milvlg", spec_config.spec)
+    native = to_native(milvlg, "milvlg", spec_config.spec).native
     assert set(native) == set(model.state_dict())
     assert all(native[k].shape == v.shape for k, v in model.state_dict().items())
 
@@ -119,9 +126,10 @@ def test_frozen_norms_without_running_stats_load_as_identity(tmp_path, source_mo
               if not k.endswith(("running_mean", "running_var"))}
     path = tmp_path / "scale_shift_only.pkl"
     path.write_bytes(pickle.dumps({"model": arrays}))
-    report, native = check_weights(path, "airsplay", source_model, config.spec)
-    assert report.ok
-    assert torch.equal(native["backbone.stem.conv1.norm.running_var"], torch.ones(64))
+    converted = convert_file(path, "airsplay", config.spec)
+    assert compare_keys(converted.native, source_model.state_dict()).ok
+    assert torch.equal(converted.native["backbone.stem.conv1.norm.running_var"], torch.ones(64))
+    assert any(note.startswith("frozen norms:") for note in converted.notes)
 
 
 def test_wrong_backbone_is_refused_naming_the_file(published_files, config):
@@ -168,5 +176,6 @@ def test_verify_weights_cli_counts_problems(published_files, capsys):
     bad = subprocess.run([sys.executable, "-m", "extractors", "verify-weights", str(published_files["milvlg"]), "--backbone", "R50-C4"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1, bad.stderr
-    counts = dict(line.split(": ") for line in bad.stdout.splitlines()[:3])
+    counts = dict(line.split(": ", 1) for line in bad.stdout.splitlines()
+                  if line.startswith(("missing:", "unexpected:", "shape-mismatched:")))
     assert set(counts) == {"missing", "unexpected", "shape-mismatched"} and int(counts["shape-mismatched"]) > 0

@@ -15,7 +15,9 @@ import torch
 
 from models.compat import (CHECKPOINT_FORMAT, load_model, load_precomp_split, model_config_from_scan_opt,
                            read_scan_captions)
+from models.__main__ import main as models_main
 from models.config import EvalConfig, ModelConfig
+from models.data import first_images
 from models.encoders import SCANModel
 from models.evaluate import evaluate_models
 from pipeline.captions import Vocabulary
@@ -152,7 +154,8 @@ def test_evaluate_command_on_an_ensemble(tmp_path, precomp_dir, vocab, shared_da
     assert done.returncode == 0, done.stderr
     expected, ranks = evaluate_models([reference, ours], load_precomp_split(precomp_dir, "test", vocab),
                                       EvalConfig(batch_size=3), torch.device("cpu"))
-    assert json.loads((tmp_path / "out" / "eval.json").read_text()) == expected
+    written = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert written.pop("protocol")["description"] == "test: 4 images / 20 captions" and written == expected
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "eval_t2i_ranks.npy"), ranks["t2i"])
     assert "rsum" in done.stdout and "R@1" in done.stdout
     small = tmp_path / "small_vocab.json"
@@ -160,3 +163,31 @@ def test_evaluate_command_on_an_ensemble(tmp_path, precomp_dir, vocab, shared_da
     command[command.index(str(vocab_path))] = str(small)
     refused = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "small_vocab.json" in refused.stderr and "trained with" in refused.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_command_scores_dev_as_the_reference(tmp_path, vocab, shared_data, capsys):
+    """Flickr30K's precomp dev size, 1014 images / 5070 captions: the reference scores the first 5000.
+    One-word captions and one region per image keep the 1000 x 5000 scoring cheap."""
+    words = ("dog", "man", "girl", "car", "tree", "ball", "water")
+    (tmp_path / "dev_caps.txt").write_text("".join(f"{words[i % 7]}\n" for i in range(5070)))
+    np.save(tmp_path / "dev_ims.npy", np.random.default_rng(0).normal(size=(1014, 1, 4)).astype(np.float32))
+    config = ModelConfig(img_dim=4, word_dim=4, embed_size=4)
+    torch.manual_seed(0)
+    model = SCANModel(len(vocab), config).eval()
+    torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "model_config": asdict(config),
+                "vocab_size": len(vocab)}, tmp_path / "ours.pth")
+    command = ["evaluate", "--checkpoint", str(tmp_path / "ours.pth"), "--data", str(tmp_path), "--vocab",
+               str(shared_data / "scan_f30k" / "f30k_precomp_vocab.json"), "--split", "dev", "--batch-size", "1024",
+               "--no-fused-scores"]
+    assert models_main([*command, "--json", str(tmp_path / "reference.json")]) == 0
+    assert "dev, reference protocol: the first 1000 images / 5000 captions of 1014 / 5070" in capsys.readouterr().out
+    assert models_main([*command, "--no-reference-dev", "--json", str(tmp_path / "full.json")]) == 0
+    assert "dev, full split: 1014 images / 5070 captions" in capsys.readouterr().out
+    reference, full = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("reference", "full"))
+    assert (reference["protocol"]["images"], full["protocol"]["captions"]) == (1000, 5070)
+    head = first_images(load_precomp_split(tmp_path, "dev", vocab), 1000)
+    expected, _ = evaluate_models([model], head, EvalConfig(batch_size=1024, fused_scores=False), torch.device("cpu"))
+    assert {k: reference[k] for k in expected} == expected
+    assert len(np.load(tmp_path / "reference_t2i_ranks.npy")) == 5000
+    assert len(np.load(tmp_path / "full_t2i_ranks.npy")) == 5070

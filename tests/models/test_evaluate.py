@@ -1,4 +1,5 @@
-"""Retrieval protocols: ranks against brute force, 5-fold vs 5K arithmetic, ensembles, output."""
+"""Retrieval protocols: ranks against brute force, exact ties, 5-fold vs 5K arithmetic, the dev protocol,
+ensembles, output."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,9 @@ import torch
 from models.config import EvalConfig, ModelConfig
 from models.data import CaptionPairs, PrecompFeatures, image_index_for_captions
 from models.encoders import SCANModel
-from models.evaluate import (encode_split, evaluate_models, evaluate_similarities, fold_slices, format_table,
-                             i2t_ranks, retrieval_results, save_results, similarity_matrix, t2i_ranks)
+from models.evaluate import (REFERENCE_DEV_IMAGES, encode_split, evaluate_models, evaluate_similarities,
+                             evaluation_pairs, fold_slices, format_table, i2t_ranks, retrieval_results, save_results,
+                             similarity_matrix, t2i_ranks)
 
 
 def reference_ranks(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -41,6 +43,65 @@ def test_known_ranks_and_recalls():
     results, _ = retrieval_results(sims)
     assert results["i2t"] == {"r1": 50.0, "r5": 100.0, "r10": 100.0, "medr": 2.0, "meanr": 2.0}
     assert results["rsum"] == pytest.approx(50 + 100 + 100 + 300)
+
+
+def pessimistic_ranks(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force of the documented tie rule: candidates in descending score order with, among equal
+    scores, the wrong ones first; the rank is the position of the first true candidate."""
+    def first_true(scores: np.ndarray, true: set[int]) -> int:
+        order = sorted(range(len(scores)), key=lambda c: (-scores[c], c in true))
+        return next(position for position, c in enumerate(order) if c in true)
+    n_img = sims.shape[0]
+    return (np.array([first_true(sims[i], set(range(5 * i, 5 * i + 5))) for i in range(n_img)]),
+            np.array([first_true(sims[:, c], {c // 5}) for c in range(5 * n_img)]))
+
+
+def test_exact_ties_count_against_the_query():
+    sims = np.zeros((3, 15), dtype=np.float32)
+    sims[0, 0:5] = [0.5, 0.5, 0.1, 0.1, 0.1]   # image 0: two true captions tie for best, nothing above: rank 0
+    sims[1, 5:10] = [0.2, 0.7, 0.3, 0.3, 0.3]  # image 1: best true caption 0.7 ties with one wrong caption
+    sims[1, 14] = 0.7
+    sims[2, 10:15] = 0.4                      # image 2: two wrong captions tie at 0.4, one above
+    sims[2, [0, 1]], sims[2, 2] = 0.4, 0.45
+    assert i2t_ranks(sims).tolist() == [0, 1, 3]
+    sims[:, 3] = [0.6, 0.6, 0.0]              # caption 3 (image 0): image 1 ties with its image
+    sims[:, 12] = [0.9, 0.4, 0.4]             # caption 12 (image 2): one above, one tied
+    t2i = t2i_ranks(sims)
+    assert t2i[3] == 1 and t2i[12] == 2
+    np.testing.assert_array_equal(i2t_ranks(sims), pessimistic_ranks(sims)[0])
+    np.testing.assert_array_equal(t2i, pessimistic_ranks(sims)[1])
+
+
+def test_tie_rule_against_brute_force_on_many_ties():
+    sims = np.random.default_rng(3).integers(0, 4, size=(9, 45)).astype(np.float32) / 4   # 4 levels: ties everywhere
+    expected_i2t, expected_t2i = pessimistic_ranks(sims)
+    np.testing.assert_array_equal(i2t_ranks(sims), expected_i2t)
+    np.testing.assert_array_equal(t2i_ranks(sims), expected_t2i)
+    sims[0, 7] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        t2i_ranks(sims)
+
+
+def test_every_protocol_ranks_ties_the_same_way(tiny_split):
+    """5-fold (through evaluate_similarities) and a real model's ensemble on two identical images."""
+    sims = np.full((50, 250), 0.1, dtype=np.float32)
+    sims[np.arange(250) // 5, np.arange(250)] = 0.5
+    sims[np.arange(1, 50, 10), np.arange(0, 250, 50)] = 0.5           # each fold: caption 0 ties with image 1
+    _, ranks = evaluate_similarities(lambda i, c: sims[i, c], 50, fold5=True, fold_images=10)
+    assert ranks["t2i"][::50].tolist() == [1] * 5 and ranks["t2i"].sum() == 5
+    _, five_k = evaluate_similarities(lambda i, c: sims[i, c], 50, fold5=False)
+    np.testing.assert_array_equal(five_k["t2i"], ranks["t2i"])
+
+    features = np.load(tiny_split.regions.path)
+    features[1] = features[0]                                            # image 1 is image 0: exact ties
+    np.save(tiny_split.regions.path, features)
+    pairs = CaptionPairs(PrecompFeatures(tiny_split.regions.path), tiny_split.captions, tiny_split.image_index)
+    models, config, cpu = [tiny_model(0), tiny_model(1)], EvalConfig(batch_size=3), torch.device("cpu")
+    _, ranks = evaluate_models(models, pairs, config, cpu)
+    ensemble = np.mean([similarity_matrix(m, encode_split(m, pairs, config, cpu), config) for m in models], axis=0)
+    assert (ensemble[0] == ensemble[1]).all() and ranks["t2i"][:10].min() >= 1   # the twin ties with the true image
+    np.testing.assert_array_equal(ranks["t2i"], pessimistic_ranks(ensemble)[1])
+    np.testing.assert_array_equal(ranks["i2t"], pessimistic_ranks(ensemble)[0])
 
 
 def five_k_matrix(fold_images: int = 10) -> np.ndarray:
@@ -132,3 +193,26 @@ def test_results_saved_as_json_and_ranks(tmp_path):
         "eval.json", "eval_i2t_ranks.npy", "eval_t2i_ranks.npy"]
     table = format_table(results)
     assert "R@1" in table and table.splitlines()[-1].split() == ["rsum", "0.0"]
+
+
+def dev_pairs(tmp_path, n_images: int) -> CaptionPairs:
+    np.save(tmp_path / "dev_ims.npy", np.random.default_rng(4).normal(size=(n_images, 2, 8)).astype(np.float32))
+    captions = [[1, 4 + i % 8, 2] for i in range(5 * n_images)]
+    return CaptionPairs(PrecompFeatures(tmp_path / "dev_ims.npy"), captions,
+                        image_index_for_captions(n_images, 5 * n_images, source="caps"))
+
+
+def test_reference_dev_protocol_keeps_the_first_5000_captions(tmp_path):
+    pairs = dev_pairs(tmp_path, 1014)   # Flickr30K's precomp dev: 1014 images, 5070 captions
+    scored, protocol = evaluation_pairs(pairs, "dev", reference_dev=True)
+    assert (len(scored.regions), len(scored)) == (REFERENCE_DEV_IMAGES, 5000)   # data.py:46-47: length = 5000
+    assert scored.captions == pairs.captions[:5000] and scored.image_index.tolist() == pairs.image_index[:5000].tolist()
+    np.testing.assert_array_equal(scored.regions.read([999])[0], pairs.regions.read([999])[0])
+    assert protocol.describe() == ("dev, reference protocol: the first 1000 images / 5000 captions of 1014 / 5070 "
+                                   "(--no-reference-dev: all)")
+    full, protocol = evaluation_pairs(pairs, "dev", reference_dev=False)
+    assert full is pairs and protocol.as_dict()["images"] == 1014 and "full split" in protocol.describe()
+    test, protocol = evaluation_pairs(pairs, "test", reference_dev=True)
+    assert test is pairs and protocol.describe() == "test: 1014 images / 5070 captions"
+    small, protocol = evaluation_pairs(dev_pairs(tmp_path, 6), "dev", reference_dev=True)
+    assert len(small) == 30 and "fails on fewer" in protocol.describe()

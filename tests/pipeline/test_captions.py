@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.captions import (END, PAD, SPECIALS, START, UNK, Vocabulary, read_captions, save_scan_json, split_sentences,
-                               tokenize, write_captions)
+from pipeline.captions import (END, PAD, SPECIALS, START, UNK, Vocabulary, caption_tokens, read_captions,
+                               save_scan_json, split_sentences, tokenize, write_captions)
 from pipeline.config import CaptionConfig, DatasetConfig
 from pipeline.datasets import load_dataset
 from pipeline.errors import InputError, MissingDataError
@@ -103,7 +103,8 @@ def test_captions_parquet_round_trip(scan_vocab: Vocabulary, shared_data: Path, 
     folder = shared_data / "f30k_mini"
     dataset = load_dataset(DatasetConfig(name="f30k", image_dir=folder / "images",
                                          captions_file=folder / "dataset_flickr30k_subset.json"))
-    path = write_captions(dataset, scan_vocab, tmp_path / "captions.parquet", row_group_size=64)
+    path = tmp_path / "captions.parquet"
+    assert write_captions(dataset, scan_vocab, path, row_group_size=64) == 0  # no caption cut
     assert pq.ParquetFile(path).metadata.num_row_groups == 6  # 330 captions in groups of 64
     table = read_captions(path)
     rows = table.to_pylist()
@@ -120,7 +121,8 @@ def test_captions_parquet_round_trip(scan_vocab: Vocabulary, shared_data: Path, 
 def test_failed_write_keeps_the_previous_file(scan_vocab: Vocabulary, tmp_path: Path) -> None:
     from pipeline.datasets import Dataset, ImageRecord
     good = Dataset("custom", tmp_path, (ImageRecord("a", tmp_path / "a.jpg", "a.jpg", "train", ("A dog .",)),), tmp_path)
-    path = write_captions(good, scan_vocab, tmp_path / "captions.parquet")
+    path = tmp_path / "captions.parquet"
+    write_captions(good, scan_vocab, path)
     before = path.read_bytes()
     broken = Dataset("custom", tmp_path, (ImageRecord("b", tmp_path / "b.jpg", "b.jpg", "train", (None,)),), tmp_path)
     with pytest.raises(AttributeError):
@@ -140,3 +142,15 @@ def test_caption_config_validates() -> None:
     assert CaptionConfig().vocab_threshold == 4 and CaptionConfig().row_group_size == 65536
     with pytest.raises(ValueError, match="vocab_threshold=0"):
         CaptionConfig(vocab_threshold=0)
+
+
+def test_runaway_captions_are_cut_and_counted(scan_vocab: Vocabulary, tmp_path: Path) -> None:
+    from pipeline.datasets import Dataset, ImageRecord
+    long = " ".join(["dog"] * 10_000)
+    dataset = Dataset("custom", tmp_path, (ImageRecord("a", tmp_path / "a.jpg", "a.jpg", "train", (long, "A cat .")),),
+                      tmp_path)
+    path = tmp_path / "captions.parquet"
+    assert write_captions(dataset, scan_vocab, path, max_words=100) == 1
+    lengths = [len(ids) for ids in read_captions(path).column("token_ids").to_pylist()]
+    assert lengths == [102, 5]  # <start> + 100 words + <end>; the short caption untouched
+    assert caption_tokens(long, 100) == ["dog"] * 100

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.captions import Vocabulary, read_captions, write_captions
+from pipeline.captions.parquet import DEFAULT_MAX_WORDS
 from pipeline.datasets import load_dataset, registered_config
 from pipeline.errors import InputError, MissingDataError
 
@@ -121,14 +122,15 @@ def test_unknown_image_is_an_error_or_a_recorded_skip(tmp_path) -> None:
     assert len(dataset.images) == 2
 
 
-def test_extremely_long_caption_is_read_and_encoded(tmp_path) -> None:
+def test_extremely_long_caption_is_read_and_cut_to_max_words(tmp_path) -> None:
+    """A 20,000-word caption is read whole and stored cut to max_words tokens plus <start> and <end>."""
     words = " ".join(["dog", "runs", "fast", "."] * 5000)
     _karpathy(tmp_path, _edit(_set(("images", 0, "sentences", 0, "raw"), words)))
     dataset = load_dataset(registered_config("f8k", tmp_path))
     vocab = Vocabulary.build([["dog", "runs", "fast", "."]], threshold=1)
-    write_captions(dataset, vocab, tmp_path / "captions.parquet")
+    cut = write_captions(dataset, vocab, tmp_path / "captions.parquet")
     lengths = [len(ids) for ids in read_captions(tmp_path / "captions.parquet").column("token_ids").to_pylist()]
-    assert max(lengths) == 20002
+    assert cut == 1 and max(lengths) == DEFAULT_MAX_WORDS + 2
 
 
 def test_lone_surrogate_caption_is_refused_at_reading(tmp_path) -> None:

@@ -13,7 +13,8 @@ import pytest
 from pipeline.store import StoreReader
 from tests.workflows.conftest import TINY_DEMO, params_of
 from workflows import ImportFeatures, PrepareCaptions, TrainSCAN
-from workflows.evaluation import RESULTS_FILE, EvaluateSCAN
+from models.store_pairs import RESULTS_FILE
+from workflows.evaluation import EvaluateSCAN
 from workflows.features import STORE_SUBDIR
 
 pytestmark = pytest.mark.slow
