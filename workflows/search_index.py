@@ -1,6 +1,7 @@
 """BuildSearchIndex: the store's search index for the trained model (models.index), saved beside the store."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ class BuildSearchIndex(ModelParams, FeatureTask):
     """Encodes the store's images once with `model_best.pth` into `<store>.search/<checkpoint>/`.
 
     What `python -m models search --checkpoint ... --store ...` then uses; this task's folder records
-    where the index is. An index left by an earlier run is reused, updated or rebuilt as models.index
+    where the index is, relative to itself (artifacts hold no machine paths). An index left by an earlier run is reused, updated or rebuilt as models.index
     decides (never used stale).
     """
 
@@ -39,5 +40,5 @@ class BuildSearchIndex(ModelParams, FeatureTask):
         self.report("encoding the store into the search index")
         index, status = ensure_index(load_model(checkpoint).model, trained.store_dir(), checkpoint, kind=self.index_kind)
         self.report(status, 100)
-        write_json_atomic(out_dir / INDEX_RECORD, {"index_dir": str(index.directory), "images": len(index),
+        write_json_atomic(out_dir / INDEX_RECORD, {"index_dir": os.path.relpath(index.directory, out_dir), "images": len(index),
                                                    "index_kind": index.vectors.kind, "head": index.info["head"]})
