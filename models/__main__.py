@@ -1,4 +1,4 @@
-"""Command line: ``python -m models evaluate|export-scan|train|search|attention ...`` (see each ``--help``).
+"""Command line: ``python -m models evaluate|export-scan|train|search|index|attention ...`` (see each ``--help``).
 
 Only argument parsing and printing live here; each command calls one library function. Config
 options come from the dataclasses (pipeline.config_flags), as the Luigi tasks' parameters do.
@@ -11,9 +11,11 @@ from pathlib import Path
 
 from models.attention_viz import draw_pair
 from models.compat import load_model_with_vocab, load_precomp_split
+from models.compat import load_model
 from models.config import EvalConfig
 from models.evaluate import evaluate_models, evaluation_pairs, format_table, save_results
 from models.export import export_scan
+from models.index import ensure_index
 from models.search import (SearchConfig, SearchIndex, answer_queries, format_results, load_caption_set, read_queries,
                            save_results as save_search_results)
 from models.train import run_train_job
@@ -98,11 +100,27 @@ def run_search(args: argparse.Namespace) -> int:
     config = config_from_args(args, SearchConfig)
     texts, images = read_queries(args.queries) if args.queries else (args.text or [], args.image or [])
     captions = load_caption_set(args.captions, args.split) if args.captions is not None else None
-    index = SearchIndex.open(args.checkpoint, args.store, args.vocab, batch_size=config.batch_size)
+    index = SearchIndex.open(args.checkpoint, args.store, args.vocab, policy=config.index_policy)
+    print(index.status, file=sys.stderr)
     results = answer_queries(index, texts, images, captions, config)
     print(format_results(results))
     if args.json is not None:
         save_search_results(results, config, args.json)
+    return 0
+
+
+def add_index(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("index", help="Build or update the search index of a store for a checkpoint")
+    parser.add_argument("--checkpoint", required=True, type=Path, help=MODEL_HELP)
+    parser.add_argument("--store", required=True, type=Path, help="Feature store directory (the image gallery).")
+    parser.add_argument("--kind", choices=("auto", "flat", "ivf"), default="auto",
+                        help="FAISS index: flat (exact) | ivf (IVF-SQ8) | auto (flat up to a measured size).")
+    parser.set_defaults(handler=run_index)
+
+
+def run_index(args: argparse.Namespace) -> int:
+    _, status = ensure_index(load_model(args.checkpoint).model, args.store, args.checkpoint, kind=args.kind)
+    print(status)
     return 0
 
 
@@ -129,7 +147,7 @@ def run_attention(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for add_command in (add_evaluate, add_export, add_train, add_search, add_attention):
+    for add_command in (add_evaluate, add_export, add_train, add_search, add_index, add_attention):
         add_command(commands)
     return parser
 

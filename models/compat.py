@@ -5,7 +5,8 @@ primitives only, plus ``argparse.Namespace`` (the reference stores its training 
 ``opt``). Nothing in a checkpoint can run code. The reference's ``model_best.pth.tar`` is
 ``{"model": [image-encoder state_dict, text-encoder state_dict], "opt": Namespace, "epoch",
 "best_rsum", "Eiters"}``; ours is ``{"format": CHECKPOINT_FORMAT, "model": SCANModel
-state_dict, "model_config": dict, "train_config": dict, "vocab_size": int, ...}``.
+state_dict, "model_config": dict, "train_config": dict, "vocab_size": int, ...}``, plus ``head_config``
+when the state dict holds a trained global head (``global_head.*``); without it the model has no head.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from models.config import ModelConfig
+from models.config import HeadConfig, ModelConfig
 from models.data import CaptionPairs, PrecompFeatures, image_index_for_captions
 from models.encoders import SCANModel
 from pipeline.captions import Vocabulary, tokenize
@@ -68,7 +69,7 @@ def load_model(path: str | PathLike[str], device: torch.device | str = "cpu") ->
         config, vocab_size, origin = _ours_config(payload, path), int(payload["vocab_size"]), "ours"
     else:
         config, vocab_size, origin = _scan_config(payload, path), _scan_vocab_size(payload, path), "scan"
-    model = SCANModel(vocab_size, config)
+    model = SCANModel(vocab_size, config, _head_config(payload, path) if origin == "ours" else None)
     try:
         if origin == "ours":
             model.load_state_dict(payload["model"])
@@ -122,6 +123,16 @@ def _ours_config(payload: dict[str, Any], path: str | PathLike[str]) -> ModelCon
         return ModelConfig(**payload["model_config"])
     except (KeyError, TypeError, ValueError) as error:
         raise InputError(path, f"bad model_config: {error}", location="model_config") from error
+
+
+def _head_config(payload: dict[str, Any], path: str | PathLike[str]) -> HeadConfig | None:
+    """The global head's config when the checkpoint carries trained head weights (None: older checkpoints)."""
+    if payload.get("head_config") is None:
+        return None
+    try:
+        return HeadConfig(**payload["head_config"])
+    except (TypeError, ValueError) as error:
+        raise InputError(path, f"bad head_config: {error}", location="head_config") from error
 
 
 def _scan_config(payload: dict[str, Any], path: str | PathLike[str]) -> ModelConfig:

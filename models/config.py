@@ -12,6 +12,9 @@ AGG_FUNCS = ("Mean", "LogSumExp", "Max", "Sum")
 RAW_FEATURE_NORMS = ("clipped_l2norm", "l2norm", "softmax", "clipped", "no_norm", "l1norm", "clipped_l1norm")
 IMAGE_ENCODERS = ("basic", "weight_norm")
 EVAL_SPLITS = ("dev", "test", "testall")
+HEAD_POOLINGS = ("gpo", "mean", "none")
+HEAD_TRAINING = ("frozen", "joint")
+EVAL_MODES = ("exact", "global", "two-stage")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,39 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class HeadConfig:
+    """The global embedding head beside SCAN (models.pooling): the first stage of large-gallery search."""
+
+    pooling: str = field(default="gpo", metadata={
+        "help": "Global head: gpo (generalised pooling, VSE-infinity) | mean (ablation) | none (no head; search "
+                "falls back to untrained mean pooling).", "choices": HEAD_POOLINGS})
+    head_training: str = field(default="frozen", metadata={
+        "help": "frozen: an extra stage after SCAN's epochs trains only the head (SCAN trains exactly as without "
+                "it) | joint: the head's loss is added to SCAN's from the first epoch.", "choices": HEAD_TRAINING})
+    head_epochs: int = field(default=4, metadata={"help": "Epochs of the frozen-encoder head stage."})
+    head_learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate of the head stage."})
+    head_warmup_epochs: int = field(default=1, metadata={
+        "help": "Head stage epochs on the sum over negatives before hardest negatives (as VSE-infinity)."})
+    head_weight: float = field(default=1.0, metadata={"help": "Joint training: weight of the head's triplet loss."})
+    gpo_pe_dim: int = field(default=32, metadata={"help": "GPO: dimension of the positional encodings."})
+    gpo_hidden: int = field(default=32, metadata={"help": "GPO: hidden size of its bidirectional GRU."})
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("pooling", HEAD_POOLINGS), ("head_training", HEAD_TRAINING)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {', '.join(allowed)}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.pooling != "none"
+
+    @property
+    def extra_stage(self) -> bool:
+        """Whether a head stage runs after SCAN's epochs (frozen encoders)."""
+        return self.enabled and self.head_training == "frozen" and self.head_epochs > 0
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """How a model is evaluated."""
 
@@ -80,3 +116,15 @@ class EvalConfig:
         "help": "Score large CPU evaluations with the fused C++ kernel (built once on first use; needs a C++ "
                 "compiler, else eager PyTorch)."})
     batch_size: int = field(default=128, metadata={"help": "Batch size for encoding images and captions."})
+    modes: tuple[str, ...] = field(default=("exact",), metadata={
+        "help": "Tables to compute: exact (SCAN) | global (the pooled head alone) | two-stage (global shortlist "
+                "re-ranked by SCAN)."})
+    shortlist_fraction: float = field(default=0.05, metadata={
+        "help": "Two-stage: share of the gallery re-ranked by SCAN per query (at least 1 item)."})
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.modes) - set(EVAL_MODES))
+        if unknown or not self.modes:
+            raise ValueError(f"modes={self.modes!r}; expected some of {', '.join(EVAL_MODES)}")
+        if not 0 < self.shortlist_fraction <= 1:
+            raise ValueError(f"shortlist_fraction={self.shortlist_fraction}; expected (0, 1]")

@@ -7,13 +7,15 @@ checkpoints load by name: ``fc.weight``/``fc.bias`` (basic image encoder),
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from models.config import ModelConfig
+from models.config import HeadConfig, ModelConfig
+from models.pooling import GlobalHead, mean_pooled
 from models.scan import xattn_scores
 
 L2_EPS = 1e-8  # the reference adds this to the norm (not to the squared norm)
@@ -104,13 +106,20 @@ def _pad_words(words: Tensor, packed: PackedSequence, lengths: Tensor, width: in
 
 
 class SCANModel(nn.Module):
-    """Both encoders plus the configured stacked-cross-attention similarity."""
+    """Both encoders plus the configured stacked-cross-attention similarity, and optionally the
+    global head (models.pooling) that gives one vector per image and caption for the first stage.
 
-    def __init__(self, vocab_size: int, config: ModelConfig) -> None:
+    The head is built after the encoders, so their seeded initialisation is the same with or
+    without it, and its parameters sit under ``global_head.*`` beside SCAN's unchanged keys.
+    """
+
+    def __init__(self, vocab_size: int, config: ModelConfig, head: HeadConfig | None = None) -> None:
         super().__init__()
         self.config = config
         self.img_enc = ImageEncoder(config)
         self.txt_enc = TextEncoder(vocab_size, config)
+        self.global_head = GlobalHead(config.embed_size, head) if head is not None and head.enabled else None
+        self._warned_no_head = False
 
     def forward(self, images: Tensor, captions: Tensor,
                 lengths: Tensor | Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
@@ -125,3 +134,30 @@ class SCANModel(nn.Module):
         return xattn_scores(img_emb, cap_emb, cap_lens, cross_attn=c.cross_attn, agg_func=c.agg_func,
                             lambda_softmax=c.lambda_softmax, lambda_lse=c.lambda_lse,
                             raw_feature_norm=c.raw_feature_norm, img_lens=img_lens)
+
+    def image_vectors(self, img_emb: Tensor, img_lens: Tensor) -> Tensor:
+        """(n, d) global vectors of encoded images (n, R, d): the head's, else the mean (with a warning)."""
+        if self.global_head is None:
+            self._warn_no_head()
+            return mean_pooled(img_emb, img_lens)
+        return self.global_head.image(img_emb, img_lens)
+
+    def text_vectors(self, cap_emb: Tensor, cap_lens: Tensor) -> Tensor:
+        """(n, d) global vectors of encoded captions (n, W, d), as ``image_vectors``."""
+        if self.global_head is None:
+            self._warn_no_head()
+            return mean_pooled(cap_emb, torch.as_tensor(cap_lens, device=cap_emb.device))
+        return self.global_head.text(cap_emb, cap_lens)
+
+    @property
+    def head_kind(self) -> str:
+        """"gpo" | "mean" (a trained head) or "untrained-mean" (no head: plain mean pooling)."""
+        return "untrained-mean" if self.global_head is None else self.global_head.config.pooling
+
+    def _warn_no_head(self) -> None:
+        if not self._warned_no_head:
+            warnings.warn("this checkpoint has no trained global head (trained before it existed, or with pooling "
+                          "none): the first stage and the global mode use the mean of SCAN's embeddings, which "
+                          "SCAN was not trained for; retrain, or train the head stage, for a better shortlist",
+                          stacklevel=3)
+            self._warned_no_head = True

@@ -4,25 +4,35 @@ Everything here works on embeddings already in the joint space. A gallery's embe
 tensor or any numpy array-like (an ``np.memmap`` of a million images), and are read in chunks,
 so exact search over a gallery larger than memory needs only one chunk at a time.
 
-Two-stage search: every item is summarised by the mean of its real region (or word)
-embeddings, (n, d); the N gallery items with the largest inner product with the query's
-summary form its shortlist, and only those are scored with stacked cross attention.
+Two-stage search: a first stage (``FirstStage``: the FAISS index of models.index over the
+global head's vectors) gives each query a shortlist of N gallery items, and only those are scored
+with stacked cross attention, as (query, item) pairs for a batch of queries at a time. The global
+mode returns the first stage's ranking itself.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from models.config import ModelConfig
-from models.scan import scores_within_budget
+from models.scan import paired_scores, scores_within_budget
 
-MODES = ("exact", "two-stage")
-GALLERY_CHUNK = 8192   # gallery items scored (or pooled) per step
-POOL_QUERY_CHUNK = 1024
+MODES = ("exact", "two-stage", "global")
+GALLERY_CHUNK = 8192   # gallery items scored per step by exact search
+RERANK_QUERY_BATCH = 64  # queries re-ranked together
+PAIR_CHUNK = 4096      # (query, item) pairs scored per call
+
+
+class FirstStage(Protocol):
+    """Inner-product search over the gallery's global vectors (models.index.VectorIndex)."""
+
+    def search(self, vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, indices) (n_query, n), best first; index -1 where the gallery has fewer items."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -62,16 +72,6 @@ class Ranking:
     scores: Tensor
 
 
-def pooled(items: Embeddings, chunk: int = GALLERY_CHUNK) -> Tensor:
-    """(n, d) float32 mean of each item's real embeddings: the cheap first-stage summary."""
-    parts = []
-    for start in range(0, len(items), chunk):
-        emb, lens = items.rows(start, min(start + chunk, len(items)))
-        mask = torch.arange(emb.size(1)) < lens[:, None]
-        parts.append((emb * mask[..., None]).sum(dim=1) / lens[:, None].clamp(min=1))
-    return torch.cat(parts) if parts else torch.empty(0, items.emb.shape[2])
-
-
 def pair_scores(queries: tuple[Tensor, Tensor], gallery: tuple[Tensor, Tensor], queries_are_text: bool,
                 options: ModelConfig, memory_mb: int) -> Tensor:
     """(n_query, n_gallery) SCAN scores; text queries against images, or image queries against captions."""
@@ -95,51 +95,58 @@ def exact_search(queries: Embeddings, gallery: Embeddings, queries_are_text: boo
 
 
 @torch.no_grad()
-def shortlist(query_pooled: Tensor, gallery_pooled: Tensor, size: int, chunk: int = GALLERY_CHUNK) -> Tensor:
-    """(n_query, size) gallery indices with the largest pooled inner product, chunked over the gallery."""
-    size = min(size, gallery_pooled.size(0))
-    rows = []
-    for q_start in range(0, query_pooled.size(0), POOL_QUERY_CHUNK):
-        query = query_pooled[q_start:q_start + POOL_QUERY_CHUNK].float()
-        best = Ranking(torch.empty(query.size(0), 0, dtype=torch.long), torch.empty(query.size(0), 0))
-        for start in range(0, gallery_pooled.size(0), chunk):
-            best = _merge(best, query @ gallery_pooled[start:start + chunk].float().T, start, size)
-        rows.append(best.indices)
-    return torch.cat(rows)
+def rerank(queries: Embeddings, gallery: Embeddings, candidates: np.ndarray, queries_are_text: bool,
+           options: ModelConfig, k: int, *, query_batch: int = RERANK_QUERY_BATCH) -> Ranking:
+    """Each query's candidates (n_query, N) gallery indices (-1 = none) ranked by SCAN; top k per query.
 
-
-@torch.no_grad()
-def two_stage_search(queries: Embeddings, gallery: Embeddings, queries_are_text: bool, options: ModelConfig,
-                     k: int, shortlist_size: int, *, gallery_pooled: Tensor | None = None,
-                     memory_mb: int = 256) -> Ranking:
-    """Pooled shortlist of ``shortlist_size`` items per query, re-ranked by exact SCAN scores.
-
-    The shortlist is never shorter than ``k``. Pass ``gallery_pooled`` (from ``pooled(gallery)``)
-    to reuse it across calls: it is the index.
+    Queries go in batches: the batch's candidates are read from the gallery once (sorted, so a
+    memory map is read forwards) and scored as (query, candidate) pairs with ``paired_scores``.
     """
-    if gallery_pooled is None:
-        gallery_pooled = pooled(gallery)
-    candidates = shortlist(pooled(queries), gallery_pooled, max(shortlist_size, k))
+    candidates = np.asarray(candidates, dtype=np.int64)
     indices, scores = [], []
-    for row in range(len(queries)):
-        query = queries.rows(row, row + 1)
-        scored = pair_scores(query, gallery.take(candidates[row].numpy()), queries_are_text, options,
-                             memory_mb).float()
-        top = _top_k(scored, candidates[row][None], k)
+    for start in range(0, len(queries), query_batch):
+        chosen = candidates[start:start + query_batch]
+        valid = chosen >= 0
+        unique, position = np.unique(chosen[valid], return_inverse=True)
+        g_emb, g_lens = gallery.take(unique)
+        q_emb, q_lens = queries.rows(start, start + len(chosen))
+        query_of_pair = torch.as_tensor(np.nonzero(valid)[0])
+        item_of_pair = torch.as_tensor(position.reshape(-1))
+        pair = _paired(q_emb[query_of_pair], q_lens[query_of_pair], g_emb[item_of_pair], g_lens[item_of_pair],
+                       queries_are_text, options)
+        block = torch.full(chosen.shape, float("-inf"))
+        block[torch.as_tensor(valid)] = pair.float()
+        top = _top_k(block, torch.as_tensor(chosen), k)
         indices.append(top.indices)
         scores.append(top.scores)
     return Ranking(torch.cat(indices), torch.cat(scores))
 
 
-def search(queries: Embeddings, gallery: Embeddings, queries_are_text: bool, options: ModelConfig, k: int, *,
-           mode: str, shortlist_size: int, gallery_pooled: Tensor | None = None, memory_mb: int = 256) -> Ranking:
-    """``exact_search`` or ``two_stage_search`` by ``mode`` ("exact" | "two-stage")."""
-    if mode == "exact":
-        return exact_search(queries, gallery, queries_are_text, options, k, memory_mb=memory_mb)
-    if mode == "two-stage":
-        return two_stage_search(queries, gallery, queries_are_text, options, k, shortlist_size,
-                                gallery_pooled=gallery_pooled, memory_mb=memory_mb)
-    raise ValueError(f"mode={mode!r}; expected one of {', '.join(MODES)}")
+def two_stage_search(queries: Embeddings, query_vectors: np.ndarray, gallery: Embeddings, first_stage: FirstStage,
+                     queries_are_text: bool, options: ModelConfig, k: int, shortlist_size: int, *,
+                     query_batch: int = RERANK_QUERY_BATCH) -> Ranking:
+    """The first stage's ``shortlist_size`` best items per query (never fewer than k), re-ranked by SCAN."""
+    _, candidates = first_stage.search(np.asarray(query_vectors, dtype=np.float32), max(shortlist_size, k))
+    return rerank(queries, gallery, candidates, queries_are_text, options, k, query_batch=query_batch)
+
+
+def global_search(query_vectors: np.ndarray, first_stage: FirstStage, k: int) -> Ranking:
+    """The global model alone: top k by the first stage's inner product."""
+    scores, indices = first_stage.search(np.asarray(query_vectors, dtype=np.float32), k)
+    return Ranking(torch.as_tensor(indices, dtype=torch.long), torch.as_tensor(scores, dtype=torch.float32))
+
+
+def _paired(q_emb: Tensor, q_lens: Tensor, g_emb: Tensor, g_lens: Tensor, queries_are_text: bool,
+            options: ModelConfig) -> Tensor:
+    """(P,) scores of query/gallery pairs, in pair chunks that bound the (P, R, W) intermediates."""
+    parts = []
+    for start in range(0, q_emb.size(0), PAIR_CHUNK):
+        part = slice(start, start + PAIR_CHUNK)
+        if queries_are_text:
+            parts.append(paired_scores(g_emb[part], g_lens[part], q_emb[part], q_lens[part], options))
+        else:
+            parts.append(paired_scores(q_emb[part], q_lens[part], g_emb[part], g_lens[part], options))
+    return torch.cat(parts) if parts else torch.empty(0)
 
 
 def _merge(best: Ranking, scores: Tensor, start: int, k: int) -> Ranking:

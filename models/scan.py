@@ -101,6 +101,35 @@ def scores_within_budget(img_emb: Tensor, cap_emb: Tensor, cap_lens: Tensor | Se
     return torch.cat(image_rows, dim=0)[:, inverse.to(img_emb.device)]
 
 
+def paired_scores(img_emb: Tensor, img_lens: Tensor | Sequence[int], cap_emb: Tensor,
+                  cap_lens: Tensor | Sequence[int], options: ModelConfig) -> Tensor:
+    """(P,) SCAN score of each pair p = (image p (R, d), caption p (W, d)), padding masked.
+
+    The formulation of ``xattn_scores`` restricted to matching rows: re-ranking gives every query
+    its own shortlist, where the full images x captions product would waste all but one pair in Q.
+    Padded words and regions are excluded from every normalisation, softmax and aggregation.
+    """
+    n_pairs, n_regions, _ = img_emb.shape
+    region_mask = torch.arange(n_regions, device=img_emb.device) < _checked_lengths(
+        img_lens, n_regions, "img_lens", n_pairs).to(img_emb.device)[:, None]
+    word_mask = torch.arange(cap_emb.size(1), device=cap_emb.device) < _checked_lengths(
+        cap_lens, cap_emb.size(1), "cap_lens", n_pairs).to(cap_emb.device)[:, None]
+    images = torch.where(region_mask[..., None], img_emb, 0.0)
+    captions = torch.where(word_mask[..., None], cap_emb, 0.0)
+    if options.cross_attn == "t2i":   # words (attending over regions) are the query axis
+        queries, query_mask, keys, key_mask = captions, word_mask, images, region_mask
+    else:                             # regions (attending over words) are the query axis
+        queries, query_mask, keys, key_mask = images, region_mask, captions, word_mask
+    sim = torch.bmm(keys, queries.transpose(1, 2))                           # (P, keys, queries)
+    logits = _attention_logits(sim, options, dim=2, mask=query_mask[:, None, :])
+    attn = torch.softmax(logits.masked_fill(~key_mask[..., None], float("-inf")), dim=1)
+    numerator = torch.linalg.vecdot(attn, sim, dim=1)                        # (P, queries)
+    gram_attn = torch.bmm(torch.bmm(keys, keys.transpose(1, 2)), attn)
+    context_sq = torch.linalg.vecdot(attn, gram_attn, dim=1)                 # ||sum_k a_k key_k||^2
+    cosine = _cosine(numerator, queries.pow(2).sum(dim=2) * context_sq)
+    return _aggregate(cosine, options, dim=1, mask=query_mask)
+
+
 def _checked_lengths(lengths: Tensor | Sequence[int], limit: int, name: str, count: int) -> Tensor:
     lens = torch.as_tensor(lengths, dtype=torch.long).cpu().flatten()
     if lens.numel() != count:

@@ -1,8 +1,10 @@
 """Search with a trained model: text -> top-k images of a feature store, image -> top-k captions.
 
-``SearchIndex.open(checkpoint, store, vocab)`` encodes every image of the store once into the
-joint space (held in memory, (n_img, K, d) float32); queries are then encoded and ranked by
-``models.retrieval`` in exact or two-stage mode.
+``SearchIndex.open(checkpoint, store, vocab)`` opens the store's saved search index for that
+checkpoint (``models.index``: built, updated with new images, or rebuilt when stale, as the policy
+allows), so the gallery is encoded once and read from disk: FAISS over the global vectors, region
+embeddings memory-mapped. Queries are ranked by ``models.retrieval``: ``exact`` (SCAN over every
+image), ``two-stage`` (the index's shortlist re-ranked by SCAN) or ``global`` (the index alone).
 """
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ import torch
 from models.compat import load_model_with_vocab
 from models.data import pad_captions
 from models.encoders import SCANModel
-from models.retrieval import MODES, Embeddings, Ranking, pooled, search
+from models.index import POLICIES, GalleryIndex, ensure_index
+from models.retrieval import MODES, Embeddings, Ranking, exact_search, global_search, two_stage_search
+from models.vector_index import DEFAULT_NPROBE, VectorIndex
 from pipeline.atomic import write_text_atomic
 from pipeline.captions import Vocabulary, read_captions, tokenize
 from pipeline.errors import InputError
-from pipeline.store import StoreReader
 
 IMAGE_PREFIX = "image:"
 
@@ -33,18 +36,24 @@ class SearchConfig:
 
     top_k: int = field(default=10, metadata={"help": "Results per query."})
     mode: str = field(default="two-stage", metadata={
-        "help": "exact | two-stage (pooled shortlist, then SCAN re-ranking).", "choices": MODES})
-    shortlist: int = field(default=500, metadata={
-        "help": "Two-stage: gallery items re-ranked per query (N); 500 lost <= 1 point of R@10 in "
-                "benchmarks/bench_search.py."})
+        "help": "exact (SCAN over every item) | two-stage (the global head's shortlist from the vector index, "
+                "re-ranked by SCAN) | global (the global head alone).", "choices": MODES})
+    shortlist: int = field(default=100, metadata={
+        "help": "Two-stage: gallery items re-ranked per query (N); see README for the recall measured per N."})
     batch_size: int = field(default=128, metadata={"help": "Batch size for encoding images and captions."})
     score_memory_mb: int = field(default=256, metadata={"help": "Memory budget of one block of SCAN scores."})
+    query_batch: int = field(default=64, metadata={"help": "Two-stage: queries re-ranked together."})
+    nprobe: int = field(default=DEFAULT_NPROBE, metadata={
+        "help": "IVF index (large galleries): inverted lists scanned per query."})
+    index_policy: str = field(default="build", metadata={
+        "help": "build: use the store's saved index, updating it with new images or rebuilding it when stale | "
+                "require: use it only if up to date, else stop with the reason.", "choices": POLICIES})
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}; expected one of {', '.join(MODES)}")
-        if self.top_k < 1 or self.shortlist < 1 or self.batch_size < 1:
-            raise ValueError("top_k, shortlist and batch_size must be >= 1")
+        if min(self.top_k, self.shortlist, self.batch_size, self.query_batch, self.nprobe) < 1:
+            raise ValueError("top_k, shortlist, batch_size, query_batch and nprobe must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -73,18 +82,18 @@ class CaptionSet:
 
 
 class SearchIndex:
-    """A model plus the encoded images of one store; answers text and image queries."""
+    """A model plus the saved search index of one store; answers text and image queries."""
 
-    def __init__(self, model: SCANModel, vocab: Vocabulary, store: StoreReader, batch_size: int = 128) -> None:
-        self.model, self.vocab, self.store = model.eval(), vocab, store
-        self.images = self._encode_store(batch_size)
-        self._images_pooled = pooled(self.images)
+    def __init__(self, model: SCANModel, vocab: Vocabulary, gallery: GalleryIndex, status: str = "") -> None:
+        self.model, self.vocab, self.gallery, self.status = model.eval(), vocab, gallery, status
 
     @classmethod
     def open(cls, checkpoint: str | PathLike[str], store_dir: str | PathLike[str], vocab_path: str | PathLike[str],
-             *, batch_size: int = 128) -> SearchIndex:
+             *, policy: str = "build", kind: str = "auto") -> SearchIndex:
+        """Loads the model and the store's index for it (``models.index.ensure_index`` with ``policy``)."""
         loaded, vocab = load_model_with_vocab(checkpoint, vocab_path)
-        return cls(loaded.model, vocab, StoreReader(store_dir), batch_size)
+        gallery, status = ensure_index(loaded.model, store_dir, checkpoint, policy=policy, kind=kind)
+        return cls(loaded.model, vocab, gallery, status)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 128) -> Embeddings:
@@ -98,46 +107,54 @@ class SearchIndex:
             parts.append(torch.nn.functional.pad(emb, (0, 0, 0, width - emb.size(1))))
         return Embeddings(torch.cat(parts), np.array([len(ids) for ids in token_ids]))
 
+    @torch.no_grad()
+    def text_vectors(self, texts: Embeddings) -> np.ndarray:
+        """(n, d) global vectors of encoded captions."""
+        return self.model.text_vectors(texts.emb, torch.as_tensor(texts.lens)).numpy()
+
     def search_text(self, texts: Sequence[str], config: SearchConfig = SearchConfig()) -> list[QueryResult]:
         """Top-k store images for each text."""
-        ranking = search(self.encode_texts(texts, config.batch_size), self.images, True, self.model.config,
-                         config.top_k, mode=config.mode, shortlist_size=config.shortlist,
-                         gallery_pooled=self._images_pooled, memory_mb=config.score_memory_mb)
-        ids = self.store.image_ids
+        queries = self.encode_texts(texts, config.batch_size)
+        self.gallery.vectors.set_nprobe(config.nprobe)
+        ranking = _rank(queries, lambda: self.text_vectors(queries), self.gallery.regions, self.gallery.vectors,
+                        True, self.model, config)
+        ids = self.gallery.image_ids
         return [QueryResult(text, "text", hits) for text, hits in
                 zip(texts, _hits(ranking, lambda i: (ids[i], None)))]
 
     def search_images(self, image_ids: Sequence[str], captions: CaptionSet,
                       config: SearchConfig = SearchConfig()) -> list[QueryResult]:
-        """Top-k captions of ``captions`` for each store image."""
+        """Top-k captions of ``captions`` for each store image (the captions are encoded per call)."""
         try:
-            rows = [self.store.index_of(image_id) for image_id in image_ids]
+            rows = np.asarray([self.gallery.row_of(image_id) for image_id in image_ids])
         except KeyError as error:
-            raise InputError(self.store.store_dir, str(error.args[0])) from None
-        queries = Embeddings(*self.images.take(np.asarray(rows)))
+            raise InputError(self.gallery.directory, str(error.args[0])) from None
+        queries = Embeddings(*self.gallery.regions.take(rows))
         gallery = self.encode_texts(captions.texts, config.batch_size)
-        ranking = search(queries, gallery, False, self.model.config, config.top_k, mode=config.mode,
-                         shortlist_size=config.shortlist, memory_mb=config.score_memory_mb)
+        first_stage = VectorIndex.build(self.text_vectors(gallery), "flat") if config.mode != "exact" else None
+        ranking = _rank(queries, lambda: self.gallery.global_vectors(rows), gallery, first_stage, False, self.model,
+                        config)
         return [QueryResult(image_id, "image", hits) for image_id, hits in
                 zip(image_ids, _hits(ranking, lambda i: (captions.image_ids[i], captions.texts[i])))]
 
-    @torch.no_grad()
-    def _encode_store(self, batch_size: int) -> Embeddings:
-        parts, lens = [], []
-        for start in range(0, len(self.store), batch_size):
-            features, num_boxes = self.store.read(np.arange(start, min(start + batch_size, len(self.store))))
-            parts.append(self.model.img_enc(torch.from_numpy(features)))
-            lens.append(num_boxes)
-        if not parts:
-            raise InputError(self.store.store_dir, "the store holds no images")
-        return Embeddings(torch.cat(parts), np.concatenate(lens))
+
+def _rank(queries: Embeddings, query_vectors, gallery: Embeddings, first_stage: VectorIndex | None,
+          queries_are_text: bool, model: SCANModel, config: SearchConfig) -> Ranking:
+    """The ranking of ``config.mode``; ``query_vectors()`` gives the queries' global vectors when needed."""
+    if config.mode == "exact":
+        return exact_search(queries, gallery, queries_are_text, model.config, config.top_k,
+                            memory_mb=config.score_memory_mb)
+    if config.mode == "global":
+        return global_search(query_vectors(), first_stage, config.top_k)
+    return two_stage_search(queries, query_vectors(), gallery, first_stage, queries_are_text, model.config,
+                            config.top_k, config.shortlist, query_batch=config.query_batch)
 
 
 def _hits(ranking: Ranking, describe) -> list[list[Hit]]:
     rows = []
     for indices, scores in zip(ranking.indices.tolist(), ranking.scores.tolist()):
-        rows.append([Hit(rank, score, *describe(index)) for rank, (index, score) in
-                     enumerate(zip(indices, scores), start=1)])
+        found = [(index, score) for index, score in zip(indices, scores) if index >= 0]
+        rows.append([Hit(rank, score, *describe(index)) for rank, (index, score) in enumerate(found, start=1)])
     return rows
 
 

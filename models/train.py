@@ -8,6 +8,10 @@ which gives the one-process gradient.
 
 Data order is a function of (seed, epoch) only, so resuming after epoch k replays exactly
 the batches an unbroken run would have seen.
+
+The global head (models.pooling) is trained by default in an extra stage after SCAN's epochs with
+SCAN's encoders frozen (models.head_training), so SCAN itself trains exactly as without it; with
+``HeadConfig(head_training="joint")`` its triplet loss is added to SCAN's from the first step instead.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from models.compat import CHECKPOINT_FORMAT, load_precomp_split, read_checkpoint
-from models.config import EvalConfig, ModelConfig, TrainConfig
+from models.config import EvalConfig, HeadConfig, ModelConfig, TrainConfig
 from models.data import CaptionBatch, CaptionPairs
 from models.encoders import SCANModel
 from models.evaluate import evaluate_models, evaluation_pairs
@@ -79,12 +83,14 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, ranks: Ranks) 
 
 def train(model_config: ModelConfig, train_config: TrainConfig, vocab_size: int,
           train_pairs: CaptionPairs, dev_pairs: CaptionPairs, out_dir: str | PathLike[str], *,
-          eval_config: EvalConfig = EvalConfig(split="dev"), progress: Progress | None = None) -> dict:
+          eval_config: EvalConfig = EvalConfig(split="dev"), progress: Progress | None = None,
+          head_config: HeadConfig = HeadConfig()) -> dict:
     """Trains (resuming from ``out_dir/checkpoint.pth`` if present) and returns the summary.
 
     Works alone or under torchrun (WORLD_SIZE > 1: gloo on CPU, nccl on GPU). Rank 0 writes
     ``checkpoint.pth`` every epoch, ``model_best.pth`` on a better dev rsum, TensorBoard
-    scalars under ``tensorboard/`` and ``summary.json``.
+    scalars under ``tensorboard/`` and ``summary.json``; then the head stage (``head_config``)
+    adds the trained global head to ``model_best.pth``.
     """
     out_dir = Path(out_dir)
     started_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
@@ -94,13 +100,19 @@ def train(model_config: ModelConfig, train_config: TrainConfig, vocab_size: int,
             raise ValueError(f"batch_size {train_config.batch_size} does not split over {ranks.world} processes")
         if train_config.bf16 and ranks.device.type != "cuda":
             raise ValueError("bf16 autocast needs a CUDA device")
+        joint = head_config if head_config.enabled and head_config.head_training == "joint" else None
         # Rank 0 is the only writer; a second run on the same folder would interleave checkpoints.
         with exclusive_folder(out_dir, "training") if ranks.is_main else nullcontext():
-            state = _TrainingState.create(model_config, train_config, vocab_size, ranks, out_dir)
+            state = _TrainingState.create(model_config, train_config, vocab_size, ranks, out_dir, joint)
             _run_epochs(state, train_pairs, dev_pairs, eval_config, progress)
         if ranks.world > 1:
             dist.barrier()  # the others wait for rank 0's last validation and checkpoint
-        return state.summary()
+        if not head_config.extra_stage:
+            return state.summary()
+        from models.head_training import train_head  # it builds on this module's helpers
+
+        return train_head(state.summary(), model_config, train_config, head_config, vocab_size, train_pairs,
+                          dev_pairs, out_dir, ranks, eval_config, progress)
     finally:
         if started_group:
             dist.destroy_process_group()
@@ -122,10 +134,11 @@ def _run_epochs(state: _TrainingState, train_pairs: CaptionPairs, dev_pairs: Cap
 def write_train_job(path: str | PathLike[str], *, model_config: ModelConfig, train_config: TrainConfig,
                     data_dir: str | PathLike[str], vocab: str | PathLike[str], out_dir: str | PathLike[str],
                     train_split: str = "train", dev_split: str = "dev",
-                    eval_config: EvalConfig = EvalConfig(split="dev")) -> Path:
+                    eval_config: EvalConfig = EvalConfig(split="dev"), head_config: HeadConfig = HeadConfig()) -> Path:
     """Writes the JSON job that ``python -m models train --config PATH`` (alone or under torchrun)
     runs on SCAN precomp data: ``{split}_ims.npy`` / ``{split}_caps.txt`` in ``data_dir``."""
     job = {"model": asdict(model_config), "train": asdict(train_config), "eval": asdict(eval_config),
+           "head": asdict(head_config),
            "data": {"dir": str(data_dir), "vocab": str(vocab), "train_split": train_split, "dev_split": dev_split},
            "out_dir": str(out_dir)}
     path = Path(path)
@@ -138,7 +151,8 @@ def run_train_job(path: str | PathLike[str], progress: Progress | None = None) -
     """Reads a job written by ``write_train_job`` and trains (one rank of it under torchrun)."""
     try:
         job = json.loads(Path(path).read_text())
-        configs = ModelConfig(**job["model"]), TrainConfig(**job["train"]), EvalConfig(**job["eval"])
+        configs = ModelConfig(**job["model"]), TrainConfig(**job["train"]), _eval_config(job["eval"])
+        head = HeadConfig(**job.get("head", {}))  # jobs written before the head existed: the default head
         data = job["data"]
         vocab_path, data_dir, splits = data["vocab"], data["dir"], (data["train_split"], data["dev_split"])
     except (OSError, ValueError, TypeError, KeyError) as error:
@@ -147,7 +161,12 @@ def run_train_job(path: str | PathLike[str], progress: Progress | None = None) -
     train_pairs, dev_pairs = (load_precomp_split(data_dir, split, vocab) for split in splits)
     dev_pairs, _ = evaluation_pairs(dev_pairs, "dev", configs[2].reference_dev)
     return train(configs[0], configs[1], len(vocab), train_pairs, dev_pairs, job["out_dir"],
-                 eval_config=configs[2], progress=progress)
+                 eval_config=configs[2], progress=progress, head_config=head)
+
+
+def _eval_config(values: dict[str, Any]) -> EvalConfig:
+    """EvalConfig from JSON (lists back to tuples)."""
+    return EvalConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
 
 
 def _start_ranks(config: TrainConfig) -> Ranks:
@@ -170,14 +189,16 @@ class _TrainingState:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_update, gamma=0.1)
         self.loss = ContrastiveLoss.from_config(config)
+        self.head_loss = ContrastiveLoss.from_config(config)  # joint training only: the pooled cosine's term
         self.epoch, self.step, self.best_rsum, self.best_epoch = 0, 0, -1.0, -1
         self.history: list[dict[str, Any]] = []
 
     @classmethod
     def create(cls, model_config: ModelConfig, config: TrainConfig, vocab_size: int, ranks: Ranks,
-               out_dir: Path) -> _TrainingState:
+               out_dir: Path, joint_head: HeadConfig | None = None) -> _TrainingState:
         _seed_everything(config.seed)
-        state = cls(SCANModel(vocab_size, model_config).to(ranks.device), config, vocab_size, ranks, out_dir)
+        model = SCANModel(vocab_size, model_config, joint_head).to(ranks.device)
+        state = cls(model, config, vocab_size, ranks, out_dir)
         if ranks.is_main:  # one trainer per run folder: a temp checkpoint found now was left by a killed run
             remove_abandoned_temp_files(out_dir)
         if (out_dir / LAST_CHECKPOINT).is_file():
@@ -190,7 +211,8 @@ class _TrainingState:
                 "vocab_size": self.vocab_size, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step": self.step,
                 "best_rsum": self.best_rsum, "best_epoch": self.best_epoch, "history": self.history,
-                "world_size": self.ranks.world, "rng": _rng_states()}
+                "world_size": self.ranks.world, "rng": _rng_states(),
+                **({} if self.model.global_head is None else {"head_config": asdict(self.model.global_head.config)})}
 
     def restore(self, payload: dict[str, Any]) -> None:
         self.model.load_state_dict(payload["model"])
@@ -211,6 +233,7 @@ def _train_epoch(state: _TrainingState, pairs: CaptionPairs, epoch: int, writer:
                  progress: Progress | None) -> None:
     config, ranks = state.config, state.ranks
     state.loss.set_epoch(epoch)
+    state.head_loss.set_epoch(epoch)
     state.model.train()
     batches = epoch_batches(len(pairs), config.batch_size, config.seed, epoch, ranks)
     loader = torch.utils.data.DataLoader(pairs, sampler=batches, batch_size=None, num_workers=config.workers)
@@ -238,6 +261,9 @@ def _train_step(state: _TrainingState, batch: CaptionBatch) -> float:
             img_emb, img_lens, cap_emb, cap_lens = _gather_batch(img_emb, img_lens, cap_emb, cap_lens.to(device))
         scores = state.model.similarity(img_emb, img_lens, cap_emb, cap_lens.cpu())
     loss = state.loss(scores.float())
+    if state.model.global_head is not None:  # joint training: the head's term beside SCAN's
+        img_vec, cap_vec = state.model.global_head(img_emb, img_lens, cap_emb, cap_lens.to(cap_emb.device))
+        loss = loss + state.model.global_head.config.head_weight * state.head_loss((img_vec @ cap_vec.T).float())
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if state.config.grad_clip > 0:

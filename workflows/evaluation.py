@@ -6,7 +6,7 @@ from typing import Any
 
 import luigi
 
-from models.config import EvalConfig
+from models.config import EVAL_MODES, EvalConfig
 from models.store_pairs import evaluate_on_store
 from models.train import BEST_CHECKPOINT
 from pipeline.presets import presets_for
@@ -20,10 +20,11 @@ from workflows.training import ModelParams, TrainModel
 @config_parameters(EvalConfig, prefix="eval_", insignificant=("score_memory_mb", "fused_scores", "batch_size"),
                    exclude=("reference_dev",))  # store splits are scored whole
 class EvalParams:
-    """How the trained model is evaluated (EvalConfig) as `eval_*` parameters."""
+    """How the trained model is evaluated (EvalConfig) as `eval_*` parameters; by default in every mode
+    (SCAN, the global head alone, two-stage), so one table compares them."""
 
     def eval_config(self) -> EvalConfig:
-        return config_of(self, EvalConfig)
+        return config_of(self, EvalConfig, {"modes": EVAL_MODES})
 
 
 class EvaluateSCAN(EvalParams, ModelParams, FeatureTask):
@@ -34,7 +35,8 @@ class EvaluateSCAN(EvalParams, ModelParams, FeatureTask):
 
     def settings(self) -> dict[str, Any]:
         config = config_settings(self.eval_config())
-        return {"split": config["split"], "fold5": config["fold5"]}
+        return {"split": config["split"], "fold5": config["fold5"], "modes": list(config["modes"]),
+                "shortlist_fraction": config["shortlist_fraction"]}
 
     def produce(self, out_dir: Path) -> None:
         model = self.clone(TrainModel)

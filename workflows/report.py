@@ -15,6 +15,7 @@ from workflows.data import VOCAB_FILE, BuildVocab, dataset_captions
 from models.store_pairs import RESULTS_FILE, TABLE_FILE
 from workflows.evaluation import EnsembleSCAN, EvalParams, EvaluateSCAN
 from workflows.features import FeatureTask
+from workflows.search_index import BuildSearchIndex
 from workflows.training import ModelParams, TrainModel
 
 REPORT_FILE = "report.md"
@@ -34,14 +35,16 @@ class Report(EvalParams, ModelParams, FeatureTask):
                 **self.content_digest(dataset_captions)}
 
     def requires(self) -> dict[str, Any]:
-        tasks: dict[str, Any] = {"single": self.clone(EvaluateSCAN), "model": self.clone(TrainModel)}
+        tasks: dict[str, Any] = {"single": self.clone(EvaluateSCAN), "model": self.clone(TrainModel),
+                                 "index": self.clone(BuildSearchIndex)}
         if self.with_ensemble:
             tasks["ensemble"] = self.clone(EnsembleSCAN)
         return tasks
 
     def produce(self, out_dir: Path) -> None:
         model = self.clone(TrainModel)
-        evaluations = {name: task.artifact_dir / RESULTS_FILE for name, task in self.requires().items() if name != "model"}
+        evaluations = {name: task.artifact_dir / RESULTS_FILE for name, task in self.requires().items()
+                       if name not in ("model", "index")}
         examples = [(record.image_id, record.captions[0], record.path)
                     for record in self.load().split("test")[:ATTENTION_EXAMPLES]]
         with tempfile.TemporaryDirectory(dir=out_dir) as drawn:

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from models.config import EvalConfig, ModelConfig, TrainConfig
+from models.config import EvalConfig, HeadConfig, ModelConfig, TrainConfig
 from models.store_pairs import split_pairs
 from models.train import train
 from pipeline.captions import Vocabulary
@@ -31,7 +31,8 @@ def main(spec_path: str) -> None:
     write_json_atomic(folder / WITHOUT_FEATURES, {"train": list(train_split.without_features),
                                                   "dev": list(dev_split.without_features)})
     train(ModelConfig(**spec["model"]), TrainConfig(**spec["train"]), len(vocab), train_split.pairs, dev_split.pairs,
-          folder, eval_config=EvalConfig(**spec["eval"]))
+          folder, eval_config=EvalConfig(**{**spec["eval"], "modes": tuple(spec["eval"]["modes"])}),
+          head_config=HeadConfig(**spec["head"]))
 
 
 if __name__ == "__main__":

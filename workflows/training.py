@@ -12,7 +12,7 @@ from typing import Any
 
 import luigi
 
-from models.config import EvalConfig, ModelConfig, TrainConfig
+from models.config import EvalConfig, HeadConfig, ModelConfig, TrainConfig
 from models.train import SUMMARY
 from pipeline.presets import presets_for
 from pipeline.processes import child_dies_with_parent
@@ -30,6 +30,7 @@ TRAIN_LOG = "train.log"
 TRAIN_INSIGNIFICANT = ("workers", "device", "log_step")
 
 
+@config_parameters(HeadConfig)
 @config_parameters(ModelConfig, exclude=("img_dim",))
 @config_parameters(TrainConfig, rename={"workers": "loader_workers"},  # luigi owns --workers (parallel tasks)
                    insignificant=TRAIN_INSIGNIFICANT)
@@ -48,6 +49,9 @@ class ModelParams(CaptionParams):
     def train_config(self) -> TrainConfig:
         return config_of(self, TrainConfig, presets_for(self.dataset).train)
 
+    def head_config(self) -> HeadConfig:
+        return config_of(self, HeadConfig)
+
     def features_task(self) -> FeatureTask:
         return self.clone(FeatureStore) if FeatureSource.parse(self.features).extracted else self.clone(ImportFeatures)
 
@@ -65,7 +69,8 @@ class TrainModel(ModelParams, FeatureTask):
     def settings(self) -> dict[str, Any]:
         significant = {name: value for name, value in config_settings(self.train_config()).items()
                        if name not in TRAIN_INSIGNIFICANT}
-        return {"model": config_settings(self.model_config(img_dim=0)), "train": significant}
+        return {"model": config_settings(self.model_config(img_dim=0)), "train": significant,
+                "head": config_settings(self.head_config())}
 
     def store_dir(self) -> Path:
         return self.features_task().artifact_dir / STORE_SUBDIR
@@ -77,6 +82,7 @@ class TrainModel(ModelParams, FeatureTask):
             ("vocab", self.clone(BuildVocab).artifact_dir / VOCAB_FILE))}
         spec = {"model": dataclasses.asdict(self.model_config(read_store_info(store_dir).feature_dim)),
                 "train": dataclasses.asdict(self.train_config()), "eval": dataclasses.asdict(EvalConfig(split="dev")),
+                "head": dataclasses.asdict(self.head_config()),
                 **relative}
         write_json_atomic(out_dir / SPEC_FILE, spec)
         self.launch(out_dir, spec["train"]["num_epochs"])

@@ -96,7 +96,7 @@ def index(setup):
     return SearchIndex.open(*setup)
 
 
-@pytest.mark.parametrize("mode", ["exact", "two-stage"])
+@pytest.mark.parametrize("mode", ["exact", "two-stage", "global"])
 def test_text_query_finds_the_built_match_first(index, mode):
     [result] = index.search_text([QUERY], SearchConfig(top_k=5, mode=mode, shortlist=4))
     assert result.hits[0].image_id == TARGET
@@ -148,3 +148,15 @@ def test_query_and_caption_files_are_checked(tmp_path):
     (tmp_path / "empty.txt").write_text("\n \n")
     with pytest.raises(InputError, match="no captions"):
         load_caption_set(tmp_path / "empty.txt")
+
+
+def test_cli_uses_the_saved_index_and_refuses_a_missing_one_when_required(tmp_path, capsys):
+    checkpoint, store, vocab = known_match_setup(tmp_path)
+    common = ["search", "--checkpoint", str(checkpoint), "--store", str(store), "--vocab", str(vocab), "--text", QUERY]
+    assert main([*common, "--index-policy", "require"]) == 2
+    assert "no search index for this checkpoint" in capsys.readouterr().err
+    assert main([*common, "--mode", "global"]) == 0
+    first = capsys.readouterr()
+    assert "search index built" in first.err and TARGET in first.out
+    assert main([*common, "--index-policy", "require"]) == 0
+    assert "up to date (12 images)" in capsys.readouterr().err

@@ -53,7 +53,7 @@ def test_demo_chain_runs_through_luigid_and_prints_the_table(demo_workspace: tup
     assert "R@1" in output and "t2i" in output and "rsum" in output
     families = {task.get_task_family() for task in all_upstream(TrainSCAN(**TINY_DEMO))}
     assert families == {"GenerateDemo", "BuildVocab", "PrepareCaptions", "FeatureStore", "TrainModel",
-                        "EvaluateSCAN", "Report", "TrainSCAN"}
+                        "EvaluateSCAN", "BuildSearchIndex", "Report", "TrainSCAN"}
     for task in all_upstream(TrainSCAN(**TINY_DEMO)):
         assert (task.artifact_dir / MARKER).is_file(), task
     store = FeatureStore(**params_of(FeatureStore, TINY_DEMO))
@@ -79,7 +79,8 @@ def test_upstream_change_reruns_exactly_the_dependent_tasks(demo_workspace: tupl
     after = {task.task_id: task.artifact_dir for task in all_upstream(changed)}
     assert luigi.build([changed], local_scheduler=True)
     ran = {luigi.task_register.Register.get_task_cls(task_id.split("_")[0]).__name__ for task_id in ran_tasks}
-    assert ran == {"BuildVocab", "PrepareCaptions", "TrainModel", "EvaluateSCAN", "Report", "TrainSCAN"}
+    assert ran == {"BuildVocab", "PrepareCaptions", "TrainModel", "EvaluateSCAN", "BuildSearchIndex", "Report",
+                   "TrainSCAN"}
     assert set(ran_tasks) == set(after) - set(before)
     for family in (GenerateDemo, FeatureStore):
         kept = [path for task_id, path in after.items() if task_id.startswith(family.__name__ + "_")]
