@@ -61,6 +61,7 @@ function thumbnail(hit) {
   const image = document.createElement("img");
   image.src = hit.image_url;
   image.alt = `image ${hit.image_id}`;
+  image.onerror = () => image.replaceWith(Object.assign(document.createElement("span"), { className: "placeholder" }));
   return image;
 }
 

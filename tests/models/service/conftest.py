@@ -35,6 +35,7 @@ class Service:
 
 
 def build_service_files(root: Path, n_images: int = 12, *, with_index: bool = True) -> ServiceFiles:
+    root.mkdir(parents=True, exist_ok=True)
     vocab = make_vocab(root / "vocab.json")
     model = make_checkpoint(root / "model.pth")
     rng = np.random.default_rng(5)
