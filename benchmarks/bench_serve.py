@@ -4,7 +4,7 @@ The server runs as its own process (as a user starts it) on the demo model of wo
 (httpx, async) cycles through the endpoints with test-split captions and image ids: text -> images
 (two-stage, k=10), image -> captions (two-stage, k=10), attention of a (test image, its caption) pair,
 the image file, healthz. Prints p50/p95 per endpoint, the request rate, non-2xx answers, the server's
-RSS after warm-up and after the load, whether it is still up, and whether any file under W changed
+RSS once loaded, after a 5-s warm-up at the same concurrency and six times during the load, whether it is still up, and whether any file under W changed
 (sha256 + mtime of every file before and after: the service must never write).
 
     .venv/bin/python benchmarks/bench_serve.py --workspace workspace [--clients 20 --seconds 30]
@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from models.service.demo import demo_files
 
 ROOT = Path(__file__).resolve().parents[1]
+WARM_UP_S = 5
 
 
 def tree_state(root: Path) -> dict[str, tuple[str, int]]:
@@ -85,21 +86,30 @@ async def client(base: str, cycle: list, offset: int, stop: float, times: dict, 
             step += 1
 
 
-async def load(base: str, cycle: list, clients: int, seconds: float) -> tuple[dict, list, float]:
-    times, failures = {}, []
+async def sample_rss(process: psutil.Process, stop: float, every: float, samples: list) -> None:
+    while time.monotonic() < stop:
+        await asyncio.sleep(min(every, max(stop - time.monotonic(), 0)))
+        samples.append(process.memory_info().rss / 2**20)
+
+
+async def load(base: str, cycle: list, clients: int, seconds: float,
+               process: psutil.Process) -> tuple[dict, list, float, list]:
+    times, failures, rss = {}, [], []
     start = time.monotonic()
-    await asyncio.gather(*(client(base, cycle, 7 * i, start + seconds, times, failures) for i in range(clients)))
-    return times, failures, time.monotonic() - start
+    await asyncio.gather(sample_rss(process, start + seconds, seconds / 6, rss),
+                         *(client(base, cycle, 7 * i, start + seconds, times, failures) for i in range(clients)))
+    return times, failures, time.monotonic() - start, rss
 
 
-def report(times: dict, failures: list, elapsed: float, rss: tuple[float, float], up: bool, unchanged: bool) -> str:
+def report(times: dict, failures: list, elapsed: float, rss: list[float], up: bool, unchanged: bool) -> str:
     lines = ["| endpoint | requests | p50 ms | p95 ms |", "|---|---:|---:|---:|"]
     for label, values in times.items():
         ms = np.asarray(values) * 1000
         lines.append(f"| {label} | {len(ms)} | {np.percentile(ms, 50):.0f} | {np.percentile(ms, 95):.0f} |")
     total = sum(len(v) for v in times.values())
     lines += ["", f"{total} requests in {elapsed:.1f} s ({total / elapsed:.1f}/s), {len(failures)} non-2xx",
-              f"server RSS after warm-up {rss[0]:.0f} MB, after the load {rss[1]:.0f} MB; still up: {up}",
+              f"server RSS (MB): loaded {rss[0]:.0f}, after the warm-up {rss[1]:.0f}, during the load "
+              f"{' '.join(f'{value:.0f}' for value in rss[2:])}; still up: {up}",
               f"files under the workspace unchanged: {unchanged}"]
     return "\n".join(lines + [f"  {f}" for f in failures[:5]])
 
@@ -117,18 +127,17 @@ def main() -> None:
     server = start_server(workspace, port)
     try:
         base = f"http://127.0.0.1:{port}"
-        for label, path, params in cycle[:5]:
-            httpx.get(base + path, params=params, timeout=120).raise_for_status()
         process = psutil.Process(server.pid)
-        rss_before = process.memory_info().rss / 2**20
-        times, failures, elapsed = asyncio.run(load(base, cycle, args.clients, args.seconds))
-        rss_after = process.memory_info().rss / 2**20
+        rss = [process.memory_info().rss / 2**20]
+        asyncio.run(load(base, cycle, args.clients, WARM_UP_S, process))  # every worker thread has run once
+        rss.append(process.memory_info().rss / 2**20)
+        times, failures, elapsed, during = asyncio.run(load(base, cycle, args.clients, args.seconds, process))
         up = httpx.get(base + "/healthz", timeout=30).status_code == 200
     finally:
         server.terminate()
         server.wait(timeout=30)
     print(f"{args.clients} clients x {args.seconds:.0f} s on loopback, demo model of {workspace}")
-    print(report(times, failures, elapsed, (rss_before, rss_after), up, tree_state(workspace) == before))
+    print(report(times, failures, elapsed, rss + during, up, tree_state(workspace) == before))
 
 
 if __name__ == "__main__":

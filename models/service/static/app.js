@@ -103,6 +103,7 @@ function drawBoxes(attention, width, height) {
     for (const [name, value] of [["x", x1], ["y", y1], ["width", x2 - x1], ["height", y2 - y1]]) {
       rect.setAttribute(name, value);
     }
+    rect.setAttribute("fill-opacity", "0");
     rect.dataset.region = index;
     overlay.append(rect);
   });
