@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import subprocess
+import sys
+import time
 
+import httpx
 import pytest
 
 from models.__main__ import main
@@ -60,3 +65,29 @@ def test_serve_needs_the_demo_or_all_three_files(capsys):
     assert main(["serve", "--checkpoint", "model.pth"]) == 2
     assert "either --demo or all of --checkpoint, --store and --vocab" in capsys.readouterr().err
     assert main(["serve", "--demo", "--store", "store"]) == 2
+
+
+def test_the_command_serves_until_stopped_and_refuses_a_public_host(service):
+    """`python -m models serve` as a user starts it: a process answering /healthz, stopped by SIGTERM."""
+    files = service.files
+    command = [sys.executable, "-m", "models", "serve", "--checkpoint", str(files.checkpoint), "--store",
+               str(files.store), "--vocab", str(files.vocab), "--images-root", str(files.images_root)]
+    refused = subprocess.run(command + ["--host", "0.0.0.0"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--allow-remote" in refused.stderr
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(command + ["--port", str(port)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, health = time.monotonic() + 120, None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert health is not None and health.json()["images"] == 13
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "serving on http://127.0.0.1:" in server.stderr.read()
