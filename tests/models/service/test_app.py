@@ -143,3 +143,14 @@ def test_without_a_saved_index_it_searches_in_memory_and_builds_nothing(tmp_path
     assert refused.status_code == 409 and "--captions" in refused.json()["error"]
     assert 500 not in statuses
     assert tree_state(tmp_path) == before and not (tmp_path / "store.search").exists()
+
+
+@pytest.mark.parametrize("mode", ["exact", "two-stage", "global"])
+@pytest.mark.parametrize("text", ["!!!", "zebra quantum", "日本語のキャプション", "<pad> <end>"])
+def test_odd_text_and_k_beyond_the_gallery_are_answered(base_url, mode, text):
+    response = get(base_url, "/api/search", text=text, k=1000, mode=mode)
+    assert response.status_code == 200, response.text
+    assert sorted(hit["image_id"] for hit in response.json()["hits"]) == sorted([f"img{i:02d}" for i in range(12)]
+                                                                              + [ESCAPING])
+    assert get(base_url, "/api/attention", image=TARGET, text=text).status_code == 200
+    assert get(base_url, "/api/search", image=TARGET, k=1000, mode=mode).json()["hits"][-1]["rank"] == 4
