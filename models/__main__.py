@@ -150,7 +150,9 @@ def run_attention(args: argparse.Namespace) -> int:
 def add_serve(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("serve", help="Web page and HTTP API: search and attention over a store (read only)")
     parser.add_argument("--demo", action="store_true",
-                        help="Serve the newest demo model of the workspace ($SCAN_WORKSPACE, after `make demo`).")
+                        help="Serve the newest demo model of the workspace (after `make demo`).")
+    parser.add_argument("--workspace", type=Path, help="With --demo: the workspace (default $SCAN_WORKSPACE, else "
+                                                       "./workspace; luigi.cfg's [scan] workspace is not read).")
     parser.add_argument("--checkpoint", type=Path, help=MODEL_HELP)
     parser.add_argument("--store", type=Path, help="Feature store directory (the image gallery).")
     parser.add_argument("--vocab", type=Path, help=VOCAB_HELP)
@@ -166,7 +168,7 @@ def run_serve(args: argparse.Namespace) -> int:
     given = [args.checkpoint, args.store, args.vocab]
     if args.demo == any(path is not None for path in given) or (not args.demo and None in given):
         raise InputError("serve", "give either --demo or all of --checkpoint, --store and --vocab")
-    files = demo_files() if args.demo else ServiceFiles(args.checkpoint, args.store, args.vocab, args.captions,
+    files = demo_files(args.workspace) if args.demo else ServiceFiles(args.checkpoint, args.store, args.vocab, args.captions,
                                                           args.images_root)
     serve(files, config_from_args(args, ServeConfig), config_from_args(args, SearchConfig))
     return 0

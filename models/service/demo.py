@@ -29,7 +29,7 @@ def demo_files(workspace: str | PathLike[str] | None = None) -> ServiceFiles:
             and (folder / MARKER).is_file() and (folder / BEST_CHECKPOINT).is_file() and (folder / SPEC_FILE).is_file()]
     if not runs:
         raise InputError(root, "no finished demo model here (TrainModel/demo-*): run `make demo` first, "
-                               "or set SCAN_WORKSPACE to the workspace that holds it")
+                               "or name the workspace that holds it (--workspace or SCAN_WORKSPACE)")
     run = max(runs, key=lambda folder: (folder / BEST_CHECKPOINT).stat().st_mtime)
     spec = json.loads((run / SPEC_FILE).read_text(encoding="utf-8"))
     store = (run / spec["store_dir"]).resolve()
