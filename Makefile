@@ -1,9 +1,9 @@
-# Two commands for a fresh machine: `make demo` and `make test`.
+# Two commands for a fresh machine: `make demo` and `make test`; `make serve` then browses the demo model.
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test
+.PHONY: install demo test serve
 
 $(STAMP): pyproject.toml scripts/install.sh
 	sh scripts/install.sh $(VENV) dev
@@ -16,3 +16,6 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+serve: install
+	$(BIN)/python -m models serve --demo

@@ -9,7 +9,6 @@ framed by <start> ... <end>, and temp files left by killed writers.
 from __future__ import annotations
 
 import json
-from collections import deque
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
@@ -22,7 +21,7 @@ from pipeline.captions import END, PAD, START, Vocabulary, read_captions
 from pipeline.errors import InputError
 from pipeline.store import verify_store
 from pipeline.store.layout import STORE_JSON
-from pipeline.workspace import MARKER, is_task_folder, upstream_keys
+from pipeline.workspace import MARKER, is_task_folder, upstream_dirs
 
 CAPTIONS_FILE = "captions.parquet"
 CHECKPOINT_SUFFIXES = (".pth", ".pth.tar")
@@ -150,22 +149,9 @@ def check_captions(path: Path, vocab: Optional[Vocabulary]) -> list[Finding]:
     return []
 
 
-def _upstream_dirs(artifact_dir: Path, root: Path) -> list[Path]:
-    """The folder itself, then every upstream task folder named by the markers, breadth first."""
-    seen, order, queue = {artifact_dir}, [artifact_dir], deque([artifact_dir])
-    while queue:
-        for key in upstream_keys(queue.popleft()):
-            folder = (root / key).resolve()
-            if folder not in seen and root in folder.parents and folder.is_dir():
-                seen.add(folder)
-                order.append(folder)
-                queue.append(folder)
-    return order
-
-
 def _chain_vocab(path: Path, root: Path, vocabs: dict[Path, Optional[Vocabulary]]) -> Optional[Vocabulary]:
     """The vocabulary beside `path` or in the nearest upstream task folder."""
-    for folder in _upstream_dirs(path.parent, root):
+    for folder in upstream_dirs(path.parent, root):
         for candidate, vocab in vocabs.items():
             if candidate.parent == folder and vocab is not None:
                 return vocab

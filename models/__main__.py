@@ -1,4 +1,4 @@
-"""Command line: ``python -m models evaluate|export-scan|train|search|index|attention ...`` (see each ``--help``).
+"""Command line: ``python -m models evaluate|export-scan|train|search|index|attention|serve ...`` (see each ``--help``).
 
 Only argument parsing and printing live here; each command calls one library function. Config
 options come from the dataclasses (pipeline.config_flags), as the Luigi tasks' parameters do.
@@ -18,6 +18,9 @@ from models.export import export_scan
 from models.index import ensure_index
 from models.search import (SearchConfig, SearchIndex, answer_queries, format_results, load_caption_set, read_queries,
                            save_results as save_search_results)
+from models.service.backend import ServiceFiles
+from models.service.demo import demo_files
+from models.service.server import ServeConfig, serve
 from models.train import run_train_job
 from pipeline.config_flags import add_config_flags, config_from_args
 from pipeline.devices import resolve_device
@@ -144,10 +147,37 @@ def run_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_serve(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("serve", help="Web page and HTTP API: search and attention over a store (read only)")
+    parser.add_argument("--demo", action="store_true",
+                        help="Serve the newest demo model of the workspace (after `make demo`).")
+    parser.add_argument("--workspace", type=Path, help="With --demo: the workspace (default $SCAN_WORKSPACE, else "
+                                                       "./workspace; luigi.cfg's [scan] workspace is not read).")
+    parser.add_argument("--checkpoint", type=Path, help=MODEL_HELP)
+    parser.add_argument("--store", type=Path, help="Feature store directory (the image gallery).")
+    parser.add_argument("--vocab", type=Path, help=VOCAB_HELP)
+    parser.add_argument("--captions", type=Path, help="Captions for image -> captions queries: Parquet table or .txt.")
+    parser.add_argument("--images-root", type=Path, help="Folder the store's image paths are relative to "
+                                                         "(serves /api/images/ID; without it, boxes on grey).")
+    add_config_flags(parser, ServeConfig)
+    add_config_flags(parser, SearchConfig, exclude=("top_k", "mode", "index_policy"))
+    parser.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    given = [args.checkpoint, args.store, args.vocab]
+    if args.demo == any(path is not None for path in given) or (not args.demo and None in given):
+        raise InputError("serve", "give either --demo or all of --checkpoint, --store and --vocab")
+    files = demo_files(args.workspace) if args.demo else ServiceFiles(args.checkpoint, args.store, args.vocab, args.captions,
+                                                          args.images_root)
+    serve(files, config_from_args(args, ServeConfig), config_from_args(args, SearchConfig))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for add_command in (add_evaluate, add_export, add_train, add_search, add_index, add_attention):
+    for add_command in (add_evaluate, add_export, add_train, add_search, add_index, add_attention, add_serve):
         add_command(commands)
     return parser
 

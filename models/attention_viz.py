@@ -153,7 +153,7 @@ def draw_pair(checkpoint: str | PathLike[str], store_dir: str | PathLike[str], v
               view: str | None = None) -> tuple[Path, PairAttention]:
     """The attention picture of one (image, caption) pair with a trained model; returns it and the attention."""
     model, vocab, store = _open(checkpoint, vocab_path, store_dir)
-    attention = explain_pair(model, vocab, _record(store, store_dir, image_id), caption)
+    attention = pair_attention(model, vocab, store, image_id, caption)
     return draw_attention(attention, load_image(image_file, attention.image_hw), out_png, view=view), attention
 
 
@@ -170,13 +170,17 @@ def draw_examples(checkpoint: str | PathLike[str], store_dir: str | PathLike[str
     for image_id, caption, image_file in examples:
         if image_id not in store:  # the extractor could not read it: nothing to draw
             continue
-        record = _record(store, store_dir, image_id)
-        if 0 in record.image_hw:
+        attention = pair_attention(model, vocab, store, image_id, caption)
+        if 0 in attention.image_hw:
             continue
-        attention = explain_pair(model, vocab, record, caption)
         image = load_image(image_file, attention.image_hw)
         pictures.append(draw_attention(attention, image, out_dir / f"attention_{image_id}.png"))
     return pictures
+
+
+def pair_attention(model: SCANModel, vocab: Vocabulary, store: StoreReader, image_id: str, caption: str) -> PairAttention:
+    """The attention of a stored image and a caption: what the pictures draw and the search service returns."""
+    return explain_pair(model, vocab, _record(store, store.store_dir, image_id), caption)
 
 
 def _open(checkpoint: str | PathLike[str], vocab_path: str | PathLike[str],

@@ -81,6 +81,15 @@ class CaptionSet:
     image_ids: list[str | None]
 
 
+@dataclass(frozen=True)
+class EncodedCaptions:
+    """A caption gallery encoded once, for a caller (the search service) that ranks it for many image queries."""
+
+    captions: CaptionSet
+    emb: Embeddings
+    vectors: VectorIndex | None   # the first stage over their global vectors; None when only exact search is used
+
+
 class SearchIndex:
     """A model plus the saved search index of one store; answers text and image queries."""
 
@@ -122,20 +131,29 @@ class SearchIndex:
         return [QueryResult(text, "text", hits) for text, hits in
                 zip(texts, _hits(ranking, lambda i: (ids[i], None)))]
 
-    def search_images(self, image_ids: Sequence[str], captions: CaptionSet,
+    def encode_captions(self, captions: CaptionSet, config: SearchConfig = SearchConfig(), *,
+                        with_vectors: bool = True) -> EncodedCaptions:
+        """The captions' word embeddings and, ``with_vectors``, a flat FAISS index of their global vectors."""
+        emb = self.encode_texts(captions.texts, config.batch_size)
+        return EncodedCaptions(captions, emb, VectorIndex.build(self.text_vectors(emb), "flat") if with_vectors else None)
+
+    def search_images(self, image_ids: Sequence[str], captions: CaptionSet | EncodedCaptions,
                       config: SearchConfig = SearchConfig()) -> list[QueryResult]:
-        """Top-k captions of ``captions`` for each store image (the captions are encoded per call)."""
+        """Top-k of ``captions`` for each store image (a plain CaptionSet is encoded for this call)."""
         try:
             rows = np.asarray([self.gallery.row_of(image_id) for image_id in image_ids])
         except KeyError as error:
             raise InputError(self.gallery.directory, str(error.args[0])) from None
         queries = Embeddings(*self.gallery.regions.take(rows))
-        gallery = self.encode_texts(captions.texts, config.batch_size)
-        first_stage = VectorIndex.build(self.text_vectors(gallery), "flat") if config.mode != "exact" else None
-        ranking = _rank(queries, lambda: self.gallery.global_vectors(rows), gallery, first_stage, False, self.model,
-                        config)
+        encoded = captions if isinstance(captions, EncodedCaptions) else \
+            self.encode_captions(captions, config, with_vectors=config.mode != "exact")
+        if encoded.vectors is None and config.mode != "exact":
+            raise ValueError(f"mode {config.mode!r} needs the captions' global vectors (encode_captions with_vectors)")
+        ranking = _rank(queries, lambda: self.gallery.global_vectors(rows), encoded.emb, encoded.vectors, False,
+                        self.model, config)
+        texts, owners = encoded.captions.texts, encoded.captions.image_ids
         return [QueryResult(image_id, "image", hits) for image_id, hits in
-                zip(image_ids, _hits(ranking, lambda i: (captions.image_ids[i], captions.texts[i])))]
+                zip(image_ids, _hits(ranking, lambda i: (owners[i], texts[i])))]
 
 
 def _rank(queries: Embeddings, query_vectors, gallery: Embeddings, first_stage: VectorIndex | None,

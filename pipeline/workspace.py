@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 import re
 from os import PathLike
 from pathlib import Path
@@ -70,3 +71,16 @@ def upstream_keys(artifact_dir: Path) -> list[str]:
     except (OSError, ValueError, AttributeError):
         return []
     return [str(key) for key in upstream] if isinstance(upstream, list) else []
+
+
+def upstream_dirs(artifact_dir: Path, root: Path) -> list[Path]:
+    """The folder itself, then every upstream task folder named by the markers, breadth first."""
+    seen, order, queue = {artifact_dir}, [artifact_dir], deque([artifact_dir])
+    while queue:
+        for key in upstream_keys(queue.popleft()):
+            folder = (root / key).resolve()
+            if folder not in seen and root in folder.parents and folder.is_dir():
+                seen.add(folder)
+                order.append(folder)
+                queue.append(folder)
+    return order
