@@ -89,4 +89,4 @@ def test_image_to_captions_toggle(page, base_url):
     assert QUERY in page.inner_text("#results .caption-hit >> nth=0")
     page.fill("#query", "no-such-image")
     page.press("#query", "Enter")
-    page.wait_for_function("document.getElementById('message').textContent.includes('unknown image id')")
+    page.locator("#message", has_text="unknown image id").wait_for()  # a selector: the page's CSP forbids eval
