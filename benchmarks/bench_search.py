@@ -314,8 +314,10 @@ def scale_part(work: Path, n: int, n_queries: int, exact_queries: int, sizes: bo
         "speedup_p50": round(legacy_p50 / p50, 1),
         "speedup_mean": round(float(np.mean(legacy["latencies"]) / np.mean(ours["latencies"])), 1),
         "exact_seconds_per_query": round(exact["seconds_per_query"], 2), "exact_queries": exact_queries,
-        "exact_top1_is_two_stage_top1": 100.0 * float(np.mean([e[0] == o[0] for e, o in zip(exact["top10"], ours["top10"])])),
-        "exact_top1_in_two_stage_top10": 100.0 * float(np.mean([e[0] in o for e, o in zip(exact["top10"], ours["top10"])])),
+        "exact_top1_is_two_stage_top1": 100.0 * float(np.mean([e[0] == o[0]
+                                                               for e, o in zip(exact["top10"], ours["top10"])])),
+        "exact_top1_in_two_stage_top10": 100.0 * float(np.mean([e[0] in o
+                                                                for e, o in zip(exact["top10"], ours["top10"])])),
     })
     if sizes:
         results["index_sizes"] = run_phase(work, "index_sizes", n)

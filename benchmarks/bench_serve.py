@@ -4,8 +4,9 @@ The server runs as its own process (as a user starts it) on the demo model of wo
 (httpx, async) cycles through the endpoints with test-split captions and image ids: text -> images
 (two-stage, k=10), image -> captions (two-stage, k=10), attention of a (test image, its caption) pair,
 the image file, healthz. Prints p50/p95 per endpoint, the request rate, non-2xx answers, the server's
-RSS once loaded, after a 5-s warm-up at the same concurrency and six times during the load, whether it is still up, and whether any file under W changed
-(sha256 + mtime of every file before and after: the service must never write).
+RSS once loaded, after a 5-s warm-up at the same concurrency and six times during the load, whether it is
+still up, and whether any file under W changed (sha256 + mtime of every file before and after: the service
+must never write).
 
     .venv/bin/python benchmarks/bench_serve.py --workspace workspace [--clients 20 --seconds 30]
 """

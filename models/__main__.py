@@ -57,11 +57,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_export(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("export-scan", help="Our checkpoint -> the reference SCAN's model_best.pth.tar + vocab")
+    parser = commands.add_parser("export-scan",
+                                 help="Our checkpoint -> the reference SCAN's model_best.pth.tar + vocab")
     parser.add_argument("--checkpoint", required=True, type=Path, help="Our checkpoint (model_best.pth).")
     parser.add_argument("--vocab", required=True, type=Path, help=VOCAB_HELP)
     parser.add_argument("--out", required=True, type=Path, help="Folder for model_best.pth.tar and the vocabulary.")
-    parser.add_argument("--data-name", help="Dataset name for the reference, e.g. f30k_precomp (default: from X_vocab.json).")
+    parser.add_argument("--data-name",
+                        help="Dataset name for the reference, e.g. f30k_precomp (default: from X_vocab.json).")
     parser.add_argument("--data-path", default="./data/", help="opt.data_path for the reference (default: ./data/).")
     parser.set_defaults(handler=run_export)
 
@@ -135,7 +137,8 @@ def add_attention(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--image", required=True, help="Image id in the store.")
     parser.add_argument("--caption", required=True, help="Caption to explain.")
     parser.add_argument("--image-file", type=Path, help="The image itself (else a grey canvas of its size).")
-    parser.add_argument("--view", choices=("t2i", "i2t"), help="Per word (t2i) or per region (i2t); default the model's.")
+    parser.add_argument("--view", choices=("t2i", "i2t"),
+                        help="Per word (t2i) or per region (i2t); default the model's.")
     parser.add_argument("--out", required=True, type=Path, help="PNG to write.")
     parser.set_defaults(handler=run_attention)
 
@@ -168,8 +171,8 @@ def run_serve(args: argparse.Namespace) -> int:
     given = [args.checkpoint, args.store, args.vocab]
     if args.demo == any(path is not None for path in given) or (not args.demo and None in given):
         raise InputError("serve", "give either --demo or all of --checkpoint, --store and --vocab")
-    files = demo_files(args.workspace) if args.demo else ServiceFiles(args.checkpoint, args.store, args.vocab, args.captions,
-                                                          args.images_root)
+    files = demo_files(args.workspace) if args.demo else ServiceFiles(args.checkpoint, args.store, args.vocab,
+                                                                      args.captions, args.images_root)
     serve(files, config_from_args(args, ServeConfig), config_from_args(args, SearchConfig))
     return 0
 

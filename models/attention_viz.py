@@ -149,8 +149,8 @@ def _save(figure: Figure, out_png: Path) -> Path:
 
 
 def draw_pair(checkpoint: str | PathLike[str], store_dir: str | PathLike[str], vocab_path: str | PathLike[str],
-              image_id: str, caption: str, out_png: str | PathLike[str], *, image_file: str | PathLike[str] | None = None,
-              view: str | None = None) -> tuple[Path, PairAttention]:
+              image_id: str, caption: str, out_png: str | PathLike[str], *,
+              image_file: str | PathLike[str] | None = None, view: str | None = None) -> tuple[Path, PairAttention]:
     """The attention picture of one (image, caption) pair with a trained model; returns it and the attention."""
     model, vocab, store = _open(checkpoint, vocab_path, store_dir)
     attention = pair_attention(model, vocab, store, image_id, caption)
@@ -158,7 +158,8 @@ def draw_pair(checkpoint: str | PathLike[str], store_dir: str | PathLike[str], v
 
 
 def draw_examples(checkpoint: str | PathLike[str], store_dir: str | PathLike[str], vocab_path: str | PathLike[str],
-                  examples: Sequence[tuple[str, str, str | PathLike[str] | None]], out_dir: str | PathLike[str]) -> list[Path]:
+                  examples: Sequence[tuple[str, str, str | PathLike[str] | None]],
+                  out_dir: str | PathLike[str]) -> list[Path]:
     """One picture per (image_id, caption, image file) with a trained model: the report's attention examples.
 
     Images whose store rows carry no boxes or size (SCAN precomp imports) are left out: there is nothing to draw.
@@ -178,7 +179,8 @@ def draw_examples(checkpoint: str | PathLike[str], store_dir: str | PathLike[str
     return pictures
 
 
-def pair_attention(model: SCANModel, vocab: Vocabulary, store: StoreReader, image_id: str, caption: str) -> PairAttention:
+def pair_attention(model: SCANModel, vocab: Vocabulary, store: StoreReader, image_id: str,
+                   caption: str) -> PairAttention:
     """The attention of a stored image and a caption: what the pictures draw and the search service returns."""
     return explain_pair(model, vocab, _record(store, store.store_dir, image_id), caption)
 

@@ -37,7 +37,8 @@ class ModelConfig:
         "help": "Inverse temperature of the attention softmax (lambda_1)."})
     lambda_lse: float = field(default=6.0, metadata={"help": "LogSumExp aggregation temperature (lambda_2)."})
     raw_feature_norm: str = field(default="clipped_l2norm", metadata={
-        "help": "Normalisation of the raw attention: " + " | ".join(RAW_FEATURE_NORMS) + ".", "choices": RAW_FEATURE_NORMS})
+        "help": "Normalisation of the raw attention: " + " | ".join(RAW_FEATURE_NORMS) + ".",
+        "choices": RAW_FEATURE_NORMS})
 
     def __post_init__(self) -> None:
         for name, allowed in (("cross_attn", CROSS_ATTN), ("agg_func", AGG_FUNCS),

@@ -54,7 +54,8 @@ class _HeadStage:
     def restore(self, payload: dict[str, Any]) -> None:
         self.head.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
-        self.epoch, self.best_rsum, self.best_epoch = int(payload["epoch"]), float(payload["best_rsum"]), int(payload["best_epoch"])
+        self.epoch, self.best_rsum, self.best_epoch = (int(payload["epoch"]), float(payload["best_rsum"]),
+                                                       int(payload["best_epoch"]))
         self.history = list(payload["history"])
         _set_rng_states(payload["rng"])
 

@@ -236,7 +236,8 @@ def _append(model: SCANModel, store: StoreReader, folder: Path, info: dict, rows
                       "num_boxes": pa.array(num_boxes, pa.int32())})
     info = {**info, "count": count + len(rows), "generation": generation, "index_kind": vectors.kind,
             "items_file": f"items-{generation}.parquet", "vectors_file": f"vectors-{generation}.faiss"}
-    write_parquet_atomic(folder / info["items_file"], items if previous is None else pa.concat_tables([previous, items]))
+    write_parquet_atomic(folder / info["items_file"],
+                         items if previous is None else pa.concat_tables([previous, items]))
     vectors.save(folder / info["vectors_file"])
     write_text_atomic(folder / INDEX_JSON, json.dumps(info, indent=2))
     for name in old:

@@ -135,7 +135,8 @@ class SearchIndex:
                         with_vectors: bool = True) -> EncodedCaptions:
         """The captions' word embeddings and, ``with_vectors``, a flat FAISS index of their global vectors."""
         emb = self.encode_texts(captions.texts, config.batch_size)
-        return EncodedCaptions(captions, emb, VectorIndex.build(self.text_vectors(emb), "flat") if with_vectors else None)
+        return EncodedCaptions(captions, emb,
+                               VectorIndex.build(self.text_vectors(emb), "flat") if with_vectors else None)
 
     def search_images(self, image_ids: Sequence[str], captions: CaptionSet | EncodedCaptions,
                       config: SearchConfig = SearchConfig()) -> list[QueryResult]:

@@ -16,5 +16,5 @@ from workflows.training import TrainModel
 
 apply_defaults()  # exit codes and worker settings wherever luigi runs, not only beside luigi.cfg
 
-__all__ = ["BuildSearchIndex", "BuildVocab", "DatasetInputs", "EnsembleSCAN", "EvaluateSCAN", "ExtractFeatures", "FeatureStore",
-           "GenerateDemo", "ImportFeatures", "PrepareCaptions", "Report", "TrainModel", "TrainSCAN"]
+__all__ = ["BuildSearchIndex", "BuildVocab", "DatasetInputs", "EnsembleSCAN", "EvaluateSCAN", "ExtractFeatures",
+           "FeatureStore", "GenerateDemo", "ImportFeatures", "PrepareCaptions", "Report", "TrainModel", "TrainSCAN"]

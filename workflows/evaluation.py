@@ -42,13 +42,15 @@ class EvaluateSCAN(EvalParams, ModelParams, FeatureTask):
         model = self.clone(TrainModel)
         self.report(f"evaluating on {self.eval_config().split}")
         evaluate_on_store([model.artifact_dir / BEST_CHECKPOINT], model.store_dir(),
-                 self.clone(PrepareCaptions).artifact_dir / CAPTIONS_FILE, self.eval_config(), self.device or "auto", out_dir)
+                          self.clone(PrepareCaptions).artifact_dir / CAPTIONS_FILE, self.eval_config(),
+                          self.device or "auto", out_dir)
 
 
 class EnsembleSCAN(EvaluateSCAN):
     """The paper's ensemble: one model per preset variant (e.g. t2i AVG + i2t AVG), similarities averaged."""
 
-    ensemble = luigi.TupleParameter(default=(), description="Variants to ensemble; default: all presets of the dataset.")
+    ensemble = luigi.TupleParameter(default=(),
+                                    description="Variants to ensemble; default: all presets of the dataset.")
 
     def members(self) -> list[TrainModel]:
         return [self.clone(TrainModel, variant=name) for name in (self.ensemble or presets_for(self.dataset).variants)]
@@ -60,4 +62,5 @@ class EnsembleSCAN(EvaluateSCAN):
         members = self.members()
         self.report(f"evaluating an ensemble of {len(members)} models")
         evaluate_on_store([member.artifact_dir / BEST_CHECKPOINT for member in members], members[0].store_dir(),
-                 self.clone(PrepareCaptions).artifact_dir / CAPTIONS_FILE, self.eval_config(), self.device or "auto", out_dir)
+                          self.clone(PrepareCaptions).artifact_dir / CAPTIONS_FILE, self.eval_config(),
+                          self.device or "auto", out_dir)

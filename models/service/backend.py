@@ -25,7 +25,7 @@ from models.compat import load_model_with_vocab
 from models.encoders import SCANModel
 from models.index import GalleryIndex, check_index, checkpoint_key, index_dir, open_index
 from models.retrieval import MODES, Embeddings
-from models.search import CaptionSet, EncodedCaptions, QueryResult, SearchConfig, SearchIndex, load_caption_set
+from models.search import EncodedCaptions, QueryResult, SearchConfig, SearchIndex, load_caption_set
 from models.vector_index import VectorIndex
 from pipeline.errors import InputError
 from pipeline.store import StoreReader
@@ -178,5 +178,6 @@ def encode_gallery(model: SCANModel, store: StoreReader, batch_size: int = ENCOD
         lens.append(num_boxes)
     info = {"count": len(store), "dim": model.config.embed_size, "head": model.head_kind, "in_memory": True}
     vectors = np.concatenate(vectors)
-    return MemoryGallery(store.store_dir, info, list(store.image_ids), Embeddings(torch.cat(regions), np.concatenate(lens)),
+    return MemoryGallery(store.store_dir, info, list(store.image_ids),
+                         Embeddings(torch.cat(regions), np.concatenate(lens)),
                          VectorIndex.build(vectors, "flat"), stored_vectors=vectors)

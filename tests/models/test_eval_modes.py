@@ -38,4 +38,5 @@ def test_a_whole_gallery_shortlist_is_scan_and_tables_list_every_mode():
     results = {**table, "modes": {"exact": table, "global": table,
                                   "two-stage": {**table, "shortlist": {"t2i": 5, "i2t": 25}}}}
     text = format_table(results)
-    assert text.startswith(format_table(table)) and "global:" in text and "two-stage (N = 5 images / 25 captions)" in text
+    assert (text.startswith(format_table(table)) and "global:" in text
+            and "two-stage (N = 5 images / 25 captions)" in text)

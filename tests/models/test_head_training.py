@@ -31,7 +31,8 @@ def runs(tmp_path_factory):
 
 def test_frozen_stage_leaves_scan_exactly_as_trained_without_a_head(runs):
     folder, _, summaries = runs
-    plain, frozen = read_checkpoint(folder / "plain" / BEST_CHECKPOINT), read_checkpoint(folder / "frozen" / BEST_CHECKPOINT)
+    plain, frozen = (read_checkpoint(folder / "plain" / BEST_CHECKPOINT),
+                     read_checkpoint(folder / "frozen" / BEST_CHECKPOINT))
     assert set(plain["model"]) == {key for key in frozen["model"] if not key.startswith("global_head.")}
     for key, value in plain["model"].items():
         assert torch.equal(value, frozen["model"][key]), key

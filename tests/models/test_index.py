@@ -93,7 +93,8 @@ def test_a_changed_image_makes_the_index_stale_rebuilt_or_refused(setup):
         ensure_index(model, store, checkpoint, policy="require")
     counter = EncodedCount(model)
     rebuilt, status = ensure_index(model, store, checkpoint)
-    assert "built" in status and counter.images == 40 and check_index(store, checkpoint_key(checkpoint)).status == "fresh"
+    assert ("built" in status and counter.images == 40
+            and check_index(store, checkpoint_key(checkpoint)).status == "fresh")
 
 
 def test_another_checkpoint_has_no_index_and_require_says_so(setup, tmp_path):

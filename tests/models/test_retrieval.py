@@ -50,7 +50,8 @@ def vectors(items: Embeddings) -> np.ndarray:
     return mean_pooled(items.emb, torch.as_tensor(items.lens)).numpy()
 
 
-@pytest.mark.parametrize("cross_attn, agg_func, norm", list(itertools.product(("t2i", "i2t"), AGG_FUNCS, RAW_FEATURE_NORMS)))
+@pytest.mark.parametrize("cross_attn, agg_func, norm",
+                         list(itertools.product(("t2i", "i2t"), AGG_FUNCS, RAW_FEATURE_NORMS)))
 def test_paired_scores_are_the_diagonal_of_the_full_scores(cross_attn, agg_func, norm):
     options = ModelConfig(cross_attn=cross_attn, agg_func=agg_func, raw_feature_norm=norm)
     images, captions = Embeddings(IMAGES.emb[:7], IMAGES.lens[:7]), CAPTIONS

@@ -72,7 +72,8 @@ def test_second_run_schedules_nothing(demo_workspace: tuple[Path, str], monkeypa
 
 
 def test_upstream_change_reruns_exactly_the_dependent_tasks(demo_workspace: tuple[Path, str],
-                                                            monkeypatch: pytest.MonkeyPatch, ran_tasks: list[str]) -> None:
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            ran_tasks: list[str]) -> None:
     monkeypatch.setenv("SCAN_WORKSPACE", str(demo_workspace[0]))
     before = {task.task_id: task.artifact_dir for task in all_upstream(TrainSCAN(**TINY_DEMO))}
     changed = TrainSCAN(**{**TINY_DEMO, "vocab_threshold": 3, "nproc": 2})  # nproc: 2 gloo processes via torchrun
@@ -100,7 +101,8 @@ def _kill_when(command: list[str], env: dict[str, str], ready: Callable[[], bool
     deadline = time.monotonic() + timeout
     try:
         while not ready():
-            assert process.poll() is None, f"the workflow ended before the moment to kill it:\n{log.read_text()[-3000:]}"
+            assert process.poll() is None, ("the workflow ended before the moment to kill it:\n"
+                                            f"{log.read_text()[-3000:]}")
             assert time.monotonic() < deadline, "timed out waiting for the moment to kill the workflow"
             time.sleep(0.05)
     finally:

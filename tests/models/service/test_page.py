@@ -44,7 +44,8 @@ def artifacts(tmp_path) -> Path:
 
 def fill_opacities(page) -> list[float]:
     """Each box's fill opacity as rendered (computed style: a CSS rule would override the attribute)."""
-    return [float(v) for v in page.eval_on_selector_all("#overlay rect", "rs => rs.map(r => getComputedStyle(r).fillOpacity)")]
+    return [float(v) for v in page.eval_on_selector_all("#overlay rect",
+                                                        "rs => rs.map(r => getComputedStyle(r).fillOpacity)")]
 
 
 def test_search_open_and_hover_a_word_lights_its_regions(page, base_url, artifacts):
