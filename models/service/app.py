@@ -13,9 +13,11 @@ from urllib.parse import quote
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from swagger_ui_bundle import swagger_ui_path
 
 from models.attention import PairAttention
 from models.retrieval import MODES
@@ -25,6 +27,7 @@ from pipeline.captions import SPECIALS
 from pipeline.errors import InputError
 
 STATIC = Path(__file__).parent / "static"
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's files from the pinned swagger-ui-bundle: /docs works offline
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 TEXT = Query(None, max_length=MAX_QUERY_CHARS, description="Caption query (text -> images).")
@@ -36,8 +39,10 @@ MODE = Query("two-stage", description=f"Ranking: {' | '.join(MODES)} (see README
 def create_app(backend: SearchBackend) -> FastAPI:
     """The app serving ``backend``: /api/search, /api/attention, /api/images/ID, /healthz and the page at /."""
     app = FastAPI(title="SCAN search", version="1", description="Text -> images, image -> captions, and where "
-                  "each word attends, from a trained SCAN model over a feature store. Read only.")
+                  "each word attends, from a trained SCAN model over a feature store. Read only.",
+                  docs_url=None, redoc_url=None)
     _add_error_handlers(app)
+    _add_docs(app)
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -65,6 +70,18 @@ def create_app(backend: SearchBackend) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI served from this app (FastAPI's default fetches it from a CDN, blank offline)."""
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
 
 
 def _add_error_handlers(app: FastAPI) -> None:

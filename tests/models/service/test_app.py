@@ -1,6 +1,8 @@
 """The service over HTTP: a real uvicorn on a loopback port, a real httpx client, every endpoint and its errors."""
 from __future__ import annotations
 
+import re
+
 import httpx
 import numpy as np
 import pytest
@@ -113,6 +115,18 @@ def test_page_static_files_and_openapi_are_served(base_url):
     assert {"/api/search", "/api/attention", "/api/images/{image_id}", "/healthz"} <= set(schema["paths"])
     k = next(p for p in schema["paths"]["/api/search"]["get"]["parameters"] if p["name"] == "k")
     assert k["schema"]["maximum"] == 1000 and k["schema"]["minimum"] == 1
+
+
+def test_api_docs_come_from_the_app_itself(base_url):
+    """/docs names only this server's own files (no CDN), and they are served: the docs work offline."""
+    docs = get(base_url, "/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    sources = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", docs.text) + re.findall(r"""url: ?['"]([^'"]+)['"]""",
+                                                                                        docs.text)
+    assert sources and all(source.startswith("/") for source in sources), sources
+    for source in sources:
+        assert get(base_url, source).status_code == 200, source
+    assert "SwaggerUIBundle" in get(base_url, "/docs-assets/swagger-ui-bundle.js").text
 
 
 def session_of_requests(url: str) -> list[int]:
