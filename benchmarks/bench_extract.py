@@ -6,6 +6,9 @@
 Stages (add one by writing `stage_<name>(args)` and listing it in STAGES):
   overhead   files -> store (decoding in DataLoader workers, HDF5 writes, manifest) against the bare
              detector forward on the same images already decoded. Target: overhead <= 10 %.
+  speed      R101-C4-VG at 600/1000 px, 300 proposals, 36 boxes: today's float32 path against each faster
+             setting on the same photos (interleaved, ratios per round), the quality of each against float32
+             (boxes matched at IoU >= 0.9, feature cosine), and the per-stage time (benchmarks/extract_speed.py).
   selection  caffe region selection (per-class NMS over 300 proposals x 1601 classes) against a
              numpy loop of Caffe's per-class `py_cpu_nms`, as generate_tsv.py runs it, on the same
              inputs; outputs must be identical. Target: >= 10x faster and <= 100 ms per image.
@@ -13,6 +16,7 @@ Stages (add one by writing `stage_<name>(args)` and listing it in STAGES):
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,14 +25,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from extractors.config import ExtractorConfig
-from extractors.detector import build_detector
-from extractors.extract import InProcessRunner, RunConfig, extract_dataset
-from extractors.images import decode_image
-from extractors.loader import ImageFile
-from extractors.preprocess import collate_images, prepare_image
-from extractors.selection import select_regions
-from pipeline.store import StoreConfig
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from extractors.config import ExtractorConfig  # noqa: E402
+from extractors.detector import build_detector  # noqa: E402
+from extractors.extract import InProcessRunner, RunConfig, extract_dataset  # noqa: E402
+from extractors.images import decode_image  # noqa: E402
+from extractors.loader import ImageFile  # noqa: E402
+from extractors.preprocess import collate_images, prepare_image  # noqa: E402
+from extractors.selection import select_regions  # noqa: E402
+from pipeline.store import StoreConfig  # noqa: E402
+from benchmarks.extract_speed import add_arguments as add_speed_arguments, stage_speed  # noqa: E402
 
 PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flickr8k" / "images"
 
@@ -163,7 +170,8 @@ def stage_selection(args: argparse.Namespace) -> None:
     print("targets: >= 10x the numpy loop, <= 100 ms per image")
 
 
-STAGES: dict[str, Callable[[argparse.Namespace], None]] = {"overhead": stage_overhead, "selection": stage_selection}
+STAGES: dict[str, Callable[[argparse.Namespace], None]] = {"overhead": stage_overhead, "selection": stage_selection,
+                                                           "speed": stage_speed}
 
 
 def main() -> None:
@@ -175,6 +183,7 @@ def main() -> None:
                         help="overhead: RPN proposals per image (the preset's 300 make one R18 image take ~20 s on 2 cores).")
     parser.add_argument("--workers", type=int, default=2, help="overhead: DataLoader decoding processes.")
     parser.add_argument("--batch-size", type=int, default=4, help="overhead: images per forward pass.")
+    add_speed_arguments(parser)
     args = parser.parse_args()
     for name in args.stage or list(STAGES):
         STAGES[name](args)
