@@ -9,6 +9,9 @@ Stages (add one by writing `stage_<name>(args)` and listing it in STAGES):
   speed      R101-C4-VG at 600/1000 px, 300 proposals, 36 boxes: today's float32 path against each faster
              setting on the same photos (interleaved, ratios per round), the quality of each against float32
              (boxes matched at IoU >= 0.9, feature cosine), and the per-stage time (benchmarks/extract_speed.py).
+  quality    bf16 autocast against the float32 default, R101-C4-VG at the standard size on real photos (stand-in
+             weights): boxes matched at IoU >= 0.9 and feature cosine, photo by photo (bf16 is emulated, and slow,
+             on CPUs without bf16 instructions). Targets: >= 95 % matched, mean cosine >= 0.995.
   selection  caffe region selection (per-class NMS over 300 proposals x 1601 classes) against a
              numpy loop of Caffe's per-class `py_cpu_nms`, as generate_tsv.py runs it, on the same
              inputs; outputs must be identical. Target: >= 10x faster and <= 100 ms per image.
@@ -35,7 +38,8 @@ from extractors.loader import ImageFile  # noqa: E402
 from extractors.preprocess import collate_images, prepare_image  # noqa: E402
 from extractors.selection import select_regions  # noqa: E402
 from pipeline.store import StoreConfig  # noqa: E402
-from benchmarks.extract_speed import add_arguments as add_speed_arguments, stage_speed  # noqa: E402
+from benchmarks.extract_speed import add_arguments as add_speed_arguments  # noqa: E402
+from benchmarks.extract_speed import stage_quality, stage_speed  # noqa: E402
 
 PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flickr8k" / "images"
 
@@ -171,7 +175,7 @@ def stage_selection(args: argparse.Namespace) -> None:
 
 
 STAGES: dict[str, Callable[[argparse.Namespace], None]] = {"overhead": stage_overhead, "selection": stage_selection,
-                                                           "speed": stage_speed}
+                                                           "speed": stage_speed, "quality": stage_quality}
 
 
 def main() -> None:

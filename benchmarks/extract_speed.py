@@ -211,6 +211,32 @@ def report(chosen: list[Variant], walls: np.ndarray, cpus: np.ndarray, outputs: 
     print(f"  outside the network (decode + write): {100 * (total / network - 1):+.2f}% of the bare forward")
 
 
+def stage_quality(args: argparse.Namespace) -> None:
+    """bf16 autocast against the float32 default on the same photos: the quality guard and the time of each.
+
+    Photo by photo, so a long run (bf16 is emulated, tens of times slower, on CPUs without bf16) reports as it goes.
+    """
+    paths = photos(args.quality_photos + 1)
+    base = ExtractorConfig(backbone=args.speed_backbone, device="cpu", min_boxes=36, max_boxes=36)
+    state = standin_state(base, paths[0])
+    chosen = [Variant("float32 (default)", {}), Variant("bf16 autocast", {"amp_dtype": "bf16"})]
+    detectors = [build_variant(base, variant, state) for variant in chosen]
+    print(f"[quality] {base.backbone} stand-in weights, {base.test_short_side}/{base.test_max_side} px, "
+          f"{base.rpn_post_nms_topk} proposals, {base.max_boxes} boxes, {torch.get_num_threads()} torch threads, "
+          f"native bf16: {cpu_has_native_bf16()}", flush=True)
+    outputs: list[list] = [[], []]
+    for path in paths[1:]:
+        batch = collate_images([prepare_image(decode_image(path), base)])
+        seconds = []
+        for index, detector in enumerate(detectors):
+            wall, cpu, result = timed(detector, batch, StageClock())
+            outputs[index] += result
+            seconds.append(f"{chosen[index].name} {wall:.1f} s wall, {cpu:.1f} s CPU")
+        print(f"  {path.name}: {'; '.join(seconds)}; {compare_runs(outputs[0][-1:], outputs[1][-1:])}", flush=True)
+    print(f"bf16 vs float32 over {len(paths) - 1} photos: {compare_runs(outputs[0], outputs[1])} "
+          "(targets: >= 95% matched, mean cosine >= 0.995)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed-backbone", default="R101-C4-VG", help="speed: backbone preset (stand-in weights).")
     parser.add_argument("--photos", type=int, default=3, help="speed: photos measured (f30k_mini, then Flickr8k).")
@@ -221,3 +247,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="speed: add torch.compile of the res5 head.")
     parser.add_argument("--openvino", action="store_true",
                         help="speed: add the res5 head on OpenVINO (pip install openvino).")
+    parser.add_argument("--quality-photos", type=int, default=2,
+                        help="quality: photos on which bf16 is compared with float32 (f30k_mini, then Flickr8k).")

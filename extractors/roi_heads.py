@@ -92,6 +92,6 @@ class Res5ROIHeads(nn.Module):
         step = self.roi_batch or (GPU_ROI_BATCH if features.device.type == "cuda" else CPU_ROI_BATCH)
         features = features.float()
         parts = [self.res5(roi_pool(features, chunk, output_size=self.pooler_resolution,
-                                    spatial_scale=1.0 / FEATURE_STRIDE))[0].mean(dim=(2, 3))
+                                    spatial_scale=1.0 / FEATURE_STRIDE))[0].float().mean(dim=(2, 3))
                  for chunk in rois.split(step)]
         return torch.cat(parts)
