@@ -71,12 +71,14 @@ def end_to_end_seconds(detector, config: ExtractorConfig, images: list[ImageFile
 
 def stage_overhead(args: argparse.Namespace) -> None:
     count, rounds = (8, 2) if args.quick else (32, 3)
+    count, rounds = args.overhead_photos or count, args.overhead_rounds or rounds
     paths = sorted(PHOTOS.glob("*.jpg"))[:count]
     if len(paths) < count:
         raise SystemExit(f"need {count} photos in {PHOTOS.resolve()}")
     images = [ImageFile(path.stem, path, path.name) for path in paths]
+    boxes = {"min_boxes": args.boxes, "max_boxes": args.boxes} if args.boxes else {}
     config = ExtractorConfig(backbone=args.backbone, device="cpu", batch_size=args.batch_size,
-                                        rpn_post_nms_topk=args.proposals)
+                             rpn_post_nms_topk=args.proposals, **boxes)
     detector = build_detector(config)
     detector(collate_images([prepare_image(decode_image(paths[0]), config)]))  # warm-up
     forward, total = [], []
@@ -187,6 +189,12 @@ def main() -> None:
                         help="overhead: RPN proposals per image (the preset's 300 make one R18 image take ~20 s on 2 cores).")
     parser.add_argument("--workers", type=int, default=2, help="overhead: DataLoader decoding processes.")
     parser.add_argument("--batch-size", type=int, default=4, help="overhead: images per forward pass.")
+    parser.add_argument("--overhead-photos", type=int, default=0,
+                        help="overhead: Flickr8k photos (default 32; quick 8).")
+    parser.add_argument("--overhead-rounds", type=int, default=0,
+                        help="overhead: interleaved rounds (default 3; quick 2).")
+    parser.add_argument("--boxes", type=int, default=0,
+                        help="overhead: regions per image (min = max); default the preset's.")
     add_speed_arguments(parser)
     args = parser.parse_args()
     for name in args.stage or list(STAGES):

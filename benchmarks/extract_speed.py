@@ -113,10 +113,12 @@ def variants(args: argparse.Namespace) -> list[Variant]:
     return chosen
 
 
-def photos(count: int) -> list[Path]:
-    paths = [path for folder in PHOTO_DIRS for path in sorted(folder.glob("*.jpg"))][:count]
+def photos(count: int, folders: tuple[Path, ...] = PHOTO_DIRS) -> list[Path]:
+    """The first `count` JPEG photos of `folders`, in order (the shared data's f30k_mini, then Flickr8k)."""
+    paths = [path for folder in folders for path in sorted(Path(folder).glob("*.jpg"))][:count]
     if len(paths) < count:
-        raise SystemExit(f"need {count} photos in {', '.join(str(d.resolve()) for d in PHOTO_DIRS)}")
+        raise SystemExit(f"need {count} .jpg photos in {', '.join(str(Path(d).resolve()) for d in folders)} "
+                         f"(found {len(paths)})")
     return paths
 
 

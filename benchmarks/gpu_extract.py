@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.extract_speed import photos, standin_state  # noqa: E402
+from benchmarks.extract_speed import PHOTO_DIRS, photos, standin_state  # noqa: E402
 from extractors.backbone import fuse_norms  # noqa: E402
 from extractors.config import ExtractorConfig  # noqa: E402
 from extractors.detector import BottomUpDetector, build_detector  # noqa: E402
@@ -42,8 +42,12 @@ def images_per_second(detector: BottomUpDetector, batch: ImageBatch, repeats: in
     return len(outputs) * repeats / (time.perf_counter() - started), outputs
 
 
-def detector_in(base: ExtractorConfig, amp_dtype: str, state: dict) -> BottomUpDetector:
-    detector = BottomUpDetector(dataclasses.replace(base, amp_dtype=amp_dtype))
+def detector_in(base: ExtractorConfig, amp_dtype: str, state: dict | None) -> BottomUpDetector:
+    """The detector in `amp_dtype`: the stand-in `state`, or (None) the weights file of `base`."""
+    config = dataclasses.replace(base, amp_dtype=amp_dtype)
+    if state is None:
+        return build_detector(config)
+    detector = BottomUpDetector(config)
     detector.load_state_dict(state)
     return fuse_norms(detector).to(base.device).eval()
 
@@ -54,6 +58,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="R18-C4-demo at 96 px, batches 1 and 2 (a CPU smoke run).")
     parser.add_argument("--weights", default="", help="Published weights (.pkl / .pth) instead of the stand-in.")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", default="", help="A folder of .jpg photos (33 for the full run) instead of "
+                                                      "../shared/data (absent on a bare GPU machine: copy some there).")
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True
     if args.quick:
@@ -65,8 +71,8 @@ def main() -> None:
                                weights=args.weights)
         batch_sizes = [1, 8, 32]
     device = torch.device(args.device)
-    paths = photos(max(batch_sizes) + 1)
-    state = build_detector(base).state_dict() if args.weights else standin_state(base, paths[0])
+    paths = photos(max(batch_sizes) + 1, (Path(args.images),) if args.images else PHOTO_DIRS)
+    state = None if args.weights else standin_state(base, paths[0])
     prepared = [prepare_image(decode_image(path), base) for path in paths[1:]]
     print(f"backbone={base.backbone} device={device} size={base.test_short_side}/{base.test_max_side} "
           f"proposals={base.rpn_post_nms_topk} boxes={base.min_boxes}-{base.max_boxes} "
