@@ -74,7 +74,8 @@ def write_synthetic_store(store_dir: Path, images: int, shard_size: int) -> floa
         block *= 4
         with ShardWriter.for_store(store_dir, index) as writer:
             for row in range(count):
-                writer.append(RegionRecord(f"{first + row}", block[row], boxes, zeros_i, zeros_f, zeros_i, zeros_f, (480, 640)))
+                writer.append(RegionRecord(f"{first + row}", block[row], boxes, zeros_i, zeros_f, zeros_i, zeros_f,
+                                           (480, 640)))
         drop_from_page_cache(completed_shards(store_dir)[index])
         print(f"\rwrote {first + count}/{images} images", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
@@ -102,7 +103,8 @@ def read_rate(store_dir: Path, batch_size: int, batches: int) -> dict[str, float
     for indices in plans:
         store.read(indices)
     store_rate = batches * batch_size / (time.perf_counter() - start)
-    return {"memory_images_per_s": memory_rate, "store_images_per_s": store_rate, "store_over_memory": store_rate / memory_rate}
+    return {"memory_images_per_s": memory_rate, "store_images_per_s": store_rate,
+            "store_over_memory": store_rate / memory_rate}
 
 
 def peak_rss_kib() -> int:

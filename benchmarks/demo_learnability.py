@@ -24,13 +24,15 @@ t0 = time.time()
 with torch.no_grad():
     for batch_start in range(0, len(data["images"]), 64):
         batch = data["images"][batch_start:batch_start + 64]
-        ims = torch.stack([torch.from_numpy(np.array(Image.open(root / e["filepath"] / e["filename"]).convert("RGB"))).permute(2, 0, 1)
+        ims = torch.stack([torch.from_numpy(np.array(Image.open(root / e["filepath"] / e["filename"]).convert("RGB")))
+                           .permute(2, 0, 1)
                            for e in batch]).float() / 255
         size = ims.shape[-1]
         ims = torch.nn.functional.interpolate(ims, size=(scale_to, scale_to), mode="bilinear", align_corners=False)
         fmap = trunk((ims - mean) / std)
         boxes = [torch.tensor([o["box"] for o in e["objects"]], dtype=torch.float32) for e in batch]
-        pooled = roi_align(fmap, boxes, output_size=(2, 2), spatial_scale=fmap.shape[-1] / size, sampling_ratio=2, aligned=True)
+        pooled = roi_align(fmap, boxes, output_size=(2, 2), spatial_scale=fmap.shape[-1] / size, sampling_ratio=2,
+                           aligned=True)
         feats.append(pooled.mean(dim=(2, 3)))
         for e in batch:
             for o in e["objects"]:

@@ -135,7 +135,8 @@ def check_captions(path: Path, vocab: Optional[Vocabulary]) -> list[Finding]:
     starts, ends = offsets[:-1], offsets[1:]
     short = np.flatnonzero(ends - starts < 2)
     if short.size:
-        return [Finding(str(path), f"row {int(short[0])}: fewer than 2 token ids (<start> and <end> are missing)", fix, "captions")]
+        return [Finding(str(path), f"row {int(short[0])}: fewer than 2 token ids (<start> and <end> are missing)", fix,
+                        "captions")]
     bad_frame = np.flatnonzero((ids[starts] != START) | (ids[ends - 1] != END))
     if bad_frame.size:
         return [Finding(str(path), f"row {int(bad_frame[0])}: not framed by <start> ... <end>", fix, "captions")]
@@ -143,7 +144,8 @@ def check_captions(path: Path, vocab: Optional[Vocabulary]) -> list[Finding]:
     if outside.size:
         row = int(np.searchsorted(ends, outside[0], side="right"))
         return [Finding(str(path), f"row {row}: token id {int(ids[outside[0]])} is <pad> or outside the vocabulary "
-                                   f"of {len(vocab)} words", fix + " (the vocabulary changed after the captions were encoded)",
+                                   f"of {len(vocab)} words",
+                        fix + " (the vocabulary changed after the captions were encoded)",
                         "captions")]
     return []
 

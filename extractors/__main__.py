@@ -42,7 +42,8 @@ def run_verify_weights(args: argparse.Namespace) -> int:
     print(f"missing: {len(report.missing)}")
     print(f"unexpected: {len(report.unexpected)}")
     print(f"shape-mismatched: {len(report.mismatched)}")
-    for label, names in (("missing", report.missing), ("unexpected", report.unexpected), ("mismatched", report.mismatched)):
+    for label, names in (("missing", report.missing), ("unexpected", report.unexpected),
+                         ("mismatched", report.mismatched)):
         for name in names[: args.show]:
             print(f"  {label}: {name}")
     return 0 if report.ok else 1
@@ -52,7 +53,8 @@ def add_verify_weights(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("verify-weights", help="Check a published weights file against a backbone preset.")
     parser.add_argument("path", help="Weights file (.pkl airsplay or .pth milvlg) or URL.")
     parser.add_argument("--format", default="auto", choices=WEIGHT_FORMATS, help="Weights layout (default: detect).")
-    parser.add_argument("--backbone", default="R101-C4-VG", choices=sorted(PRESETS), help="Backbone preset to check against.")
+    parser.add_argument("--backbone", default="R101-C4-VG", choices=sorted(PRESETS),
+                        help="Backbone preset to check against.")
     parser.add_argument("--sha256", default="", help="Expected SHA-256 of the file.")
     parser.add_argument("--show", type=int, default=10, help="List at most this many names per problem kind.")
     parser.set_defaults(handler=run_verify_weights)
@@ -113,12 +115,13 @@ def add_extract(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--images", help="Folder of images (recursive); ids are relative paths without suffix.")
     source.add_argument("--dataset", choices=DATASET_NAMES, help="Registered dataset, read from --data-root; "
                                                                  "its presets apply to what is not set.")
-    parser.add_argument("--data-root", help="Folder with one sub-folder per dataset (default $SCAN_DATA_ROOT or ./data).")
+    parser.add_argument("--data-root", help="Folder with one sub-folder per dataset "
+                                            "(default $SCAN_DATA_ROOT or ./data).")
     parser.add_argument("--store", required=True, help="Store directory (created if absent).")
     parser.add_argument("--boxes", type=Path, help="Given-boxes mode: JSON {image_id: [[x1, y1, x2, y2], ...]} in "
                                                    "original pixels (default: the dataset's own boxes file, if any).")
-    parser.add_argument("--dask", action="store_true", help="Run one task per shard on Dask: a LocalCluster, "
-                                                           "or the cluster of --scheduler-address (which implies --dask).")
+    parser.add_argument("--dask", action="store_true", help="Run one task per shard on Dask: a LocalCluster, or the "
+                                                           "cluster of --scheduler-address (which implies --dask).")
     parser.add_argument("--prune", action="store_true", help="The manifest lists only these images (default: it adds "
                                                              "them to the images the store already lists).")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="Show a progress bar.")

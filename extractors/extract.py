@@ -34,12 +34,17 @@ from pipeline.store import RegionRecord, ShardPlan, ShardWriter, StoreConfig
 class RunConfig:
     """How an extraction run goes about its work; only torch_threads can change the features (in the last bits)."""
 
-    num_workers: int = field(default=2, metadata={"help": "DataLoader processes decoding images (0: decode in the extracting process)."})
-    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "Refuse images with more pixels than this, before decoding them (decompression bombs)."})
-    fail_fast: bool = field(default=False, metadata={"help": "Stop at the first unreadable image instead of recording it in failures.parquet."})
-    retry_failed: bool = field(default=False, metadata={"help": "Try again the images that failed in an earlier run (they are skipped otherwise)."})
-    torch_threads: int = field(default=0, metadata={"help": "CPU threads of the detector (0: PyTorch's default; Dask workers: 1). "
-                                                          "Features are bit-identical only between runs with the same count."})
+    num_workers: int = field(default=2, metadata={"help": "DataLoader processes decoding images "
+                                                          "(0: decode in the extracting process)."})
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={
+        "help": "Refuse images with more pixels than this, before decoding them (decompression bombs)."})
+    fail_fast: bool = field(default=False, metadata={"help": "Stop at the first unreadable image "
+                                                             "instead of recording it in failures.parquet."})
+    retry_failed: bool = field(default=False, metadata={"help": "Try again the images that failed in an earlier run "
+                                                                "(they are skipped otherwise)."})
+    torch_threads: int = field(default=0, metadata={"help": "CPU threads of the detector (0: PyTorch's default; "
+                                                          "Dask workers: 1). Features are bit-identical only between "
+                                                          "runs with the same count."})
 
     def __post_init__(self) -> None:
         if self.num_workers < 0 or self.torch_threads < 0 or self.max_pixels < 1:
@@ -49,11 +54,14 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class DaskConfig:
-    """Where shard tasks run with --dask (extractors.distributed): a LocalCluster started here, or an existing scheduler."""
+    """Where --dask runs shard tasks (extractors.distributed): a LocalCluster started here, or an existing scheduler."""
 
-    scheduler_address: str = field(default="", metadata={"help": "Existing scheduler, e.g. tcp://host:8786; empty = start a LocalCluster."})
-    n_workers: int = field(default=2, metadata={"help": "LocalCluster worker processes (one detector each, one thread each)."})
-    host: str = field(default="127.0.0.1", metadata={"help": "Interface the LocalCluster's scheduler and workers bind to."})
+    scheduler_address: str = field(default="", metadata={"help": "Existing scheduler, e.g. tcp://host:8786; "
+                                                                 "empty = start a LocalCluster."})
+    n_workers: int = field(default=2, metadata={"help": "LocalCluster worker processes "
+                                                        "(one detector each, one thread each)."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Interface the LocalCluster's scheduler "
+                                                             "and workers bind to."})
 
     def __post_init__(self) -> None:
         if self.n_workers < 1:
@@ -84,7 +92,8 @@ class ExtractionSummary:
     def __str__(self) -> str:
         rate = self.extracted / self.seconds if self.seconds > 0 else 0.0
         lines = [f"store {self.store_dir}: {self.extracted} extracted, {self.skipped} skipped (already stored), "
-                 f"{self.failed} failed; {self.shards_written} shard(s) written in {self.seconds:.1f} s ({rate:.2f} images/s)"]
+                 f"{self.failed} failed; {self.shards_written} shard(s) written in "
+                 f"{self.seconds:.1f} s ({rate:.2f} images/s)"]
         lines += [f"  failed: {image_id}: {reason}" for image_id, reason in self.failures[:20]]
         if self.failed > 20:
             lines.append(f"  ... and {self.failed - 20} more, all listed in {self.store_dir / 'failures.parquet'}")

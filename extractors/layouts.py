@@ -33,7 +33,8 @@ BOX_PREFIX = "roi_heads.box_predictor."
 CELL_ANCHORS_KEY = "proposal_generator.anchor_generator.cell_anchors.0"
 MILVLG_ATTRIBUTE_NAMES = {"cls_embed": "cls_embedding", "attr_linear1": "fc_attr", "attr_linear2": "attr_score"}
 DETECTRON2_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-BACKGROUND_LAST_KEYS = ("cls_score.weight", "cls_score.bias", "cls_embedding.weight", "attr_score.weight", "attr_score.bias")
+BACKGROUND_LAST_KEYS = ("cls_score.weight", "cls_score.bias", "cls_embedding.weight",
+                        "attr_score.weight", "attr_score.bias")
 ANCHOR_STYLE = {"airsplay": "airsplay", "milvlg": "caffe"}  # whose generator made a file's cell anchors
 ANCHOR_GENERATOR_NAMES = {"airsplay": "detectron2's generate_cell_anchors", "caffe": "Caffe's generate_anchors"}
 StateDict = dict[str, torch.Tensor]
@@ -85,7 +86,8 @@ def _stored_anchor_order(stored: torch.Tensor, expected: torch.Tensor, style: st
             matches = [j for j, anchor in enumerate(expected) if torch.allclose(row, anchor, atol=1e-3)]
             order.append(matches[0] if matches else -1)
     if sorted(order) != list(range(len(expected))):
-        raise LayoutError(f"{CELL_ANCHORS_KEY} holds {tuple(stored.shape)} anchors starting {stored.flatten()[:8].tolist()}; "
+        raise LayoutError(f"{CELL_ANCHORS_KEY} holds {tuple(stored.shape)} anchors starting "
+                          f"{stored.flatten()[:8].tolist()}; "
                           f"expected the {len(expected)} anchors of {ANCHOR_GENERATOR_NAMES[style]}, starting "
                           f"{expected.flatten()[:8].tolist()}, in some order: the file was made for another anchor "
                           "setup, so its RPN outputs would not mean what this detector assumes")
@@ -267,7 +269,8 @@ def to_native(state: StateDict, weights_format: str, spec: BackboneSpec) -> Conv
     return converted
 
 
-def to_published(native: StateDict, weights_format: str, spec: BackboneSpec, *, cell_anchors: bool = False) -> StateDict:
+def to_published(native: StateDict, weights_format: str, spec: BackboneSpec,
+                 *, cell_anchors: bool = False) -> StateDict:
     """This detector's state dict in a published layout (to write files in that exact format).
 
     `cell_anchors` adds detectron2's anchor buffer as the format's own code would save it.

@@ -74,7 +74,8 @@ def _minus_means(bgr: np.ndarray) -> np.ndarray:
 def _caffe_resize(image_rgb: np.ndarray, config: ExtractorConfig) -> tuple[np.ndarray, float, tuple[float, float]]:
     height, width = image_rgb.shape[:2]
     scale = resize_scale(height, width, config.test_short_side, config.test_max_side)
-    resized = cv2.resize(_minus_means(image_rgb[:, :, ::-1]), None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    resized = cv2.resize(_minus_means(image_rgb[:, :, ::-1]), None, None, fx=scale, fy=scale,
+                         interpolation=cv2.INTER_LINEAR)
     return resized, scale, (scale, scale)
 
 

@@ -112,7 +112,8 @@ def airsplay_regions(regions: ImageRegions, config: ExtractorConfig) -> Detector
                                      max_boxes=config.max_boxes)
     (height, width), (original_h, original_w) = regions.image_size, regions.original_hw
     to_original = torch.tensor([original_w / width, original_h / height] * 2, device=boxes.device)
-    return describe(clip_boxes(boxes[keep] * to_original, original_h, original_w, offset=0.0), regions, keep, "airsplay")
+    return describe(clip_boxes(boxes[keep] * to_original, original_h, original_w, offset=0.0),
+                    regions, keep, "airsplay")
 
 
 REGION_RULES: dict[str, Callable[[ImageRegions, ExtractorConfig], DetectorOutput]] = {

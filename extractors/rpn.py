@@ -34,7 +34,8 @@ def cell_anchors(scales: tuple[int, ...], ratios: tuple[float, ...], base_size: 
         ratio_h = np.round(ratio_w * ratio)
         for scale in scales:
             w, h = ratio_w * scale, ratio_h * scale
-            anchors.append([centre - 0.5 * (w - 1), centre - 0.5 * (h - 1), centre + 0.5 * (w - 1), centre + 0.5 * (h - 1)])
+            anchors.append([centre - 0.5 * (w - 1), centre - 0.5 * (h - 1),
+                            centre + 0.5 * (w - 1), centre + 0.5 * (h - 1)])
     return torch.tensor(anchors, dtype=torch.float32)
 
 
@@ -116,7 +117,8 @@ def caffe_proposals(deltas: torch.Tensor, anchors: torch.Tensor, logits: torch.T
 
 def detectron2_proposals(deltas: torch.Tensor, anchors: torch.Tensor, logits: torch.Tensor, height: int, width: int,
                          scale: float, settings: ProposalSettings) -> torch.Tensor:
-    """detectron2's `find_top_rpn_proposals` (MIN_SIZE 0): top-k, decode, clip, drop empty, NMS, top-k; no +1 anywhere."""
+    """detectron2's `find_top_rpn_proposals` (MIN_SIZE 0): top-k, decode, clip, drop empty, NMS, top-k;
+    no +1 anywhere."""
     del scale  # detectron2 has no minimum size in original pixels
     order = torch.argsort(logits, descending=True, stable=True)[: settings.pre_nms_topk]
     boxes = clip_boxes(decode_boxes(deltas[order], anchors[order], offset=0.0), height, width, offset=0.0)
@@ -163,7 +165,8 @@ class RegionProposalNetwork(nn.Module):
         proposals = []
         for index, ((fh, fw), (h, w), scale) in enumerate(zip(feature_sizes, image_sizes, scales)):
             image_logits = logits[index, :, :fh, :fw].permute(1, 2, 0).reshape(-1).float()
-            image_deltas = deltas[index, :, :fh, :fw].reshape(num_anchors, 4, fh, fw).permute(2, 3, 0, 1).reshape(-1, 4).float()
+            image_deltas = (deltas[index, :, :fh, :fw].reshape(num_anchors, 4, fh, fw).permute(2, 3, 0, 1)
+                            .reshape(-1, 4).float())
             anchors = grid_anchors(self.cell_anchors, fh, fw)
             proposals.append(self.proposal_rule(image_deltas, anchors, image_logits, h, w, scale, self.settings))
         return proposals

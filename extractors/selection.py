@@ -42,7 +42,8 @@ def _pack_rows(mask: torch.Tensor) -> torch.Tensor:
     words = -(-cols // BITS_PER_WORD)
     padded = torch.zeros((rows, words * BITS_PER_WORD), dtype=torch.int64, device=mask.device)
     padded[:, :cols] = mask
-    weights = torch.ones(BITS_PER_WORD, dtype=torch.int64, device=mask.device) << torch.arange(BITS_PER_WORD, device=mask.device)
+    weights = (torch.ones(BITS_PER_WORD, dtype=torch.int64, device=mask.device)
+               << torch.arange(BITS_PER_WORD, device=mask.device))
     return (padded.view(rows, words, BITS_PER_WORD) * weights).sum(dim=2)  # distinct powers of two: no carries
 
 

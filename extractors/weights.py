@@ -140,8 +140,8 @@ def load_converted(model: torch.nn.Module, converted: ConvertedWeights, backbone
 
 # ---------------------------------------------------------------- fetching
 
-WEIGHTS_HELP = ("pass the bottom-up-attention weights (--weights, or --extractor-weights in the workflow): a path or URL, "
-                "e.g. airsplay's faster_rcnn_from_caffe_attr.pkl or MILVLG's bua-caffe-frcn-r101-k36.pth "
+WEIGHTS_HELP = ("pass the bottom-up-attention weights (--weights, or --extractor-weights in the workflow): a path or "
+                "URL, e.g. airsplay's faster_rcnn_from_caffe_attr.pkl or MILVLG's bua-caffe-frcn-r101-k36.pth "
                 "(see README, Weights)")
 
 

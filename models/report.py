@@ -24,12 +24,16 @@ RECALLS = ("r1", "r5", "r10")
 # Published SCAN results (Lee et al., ECCV 2018, Tables 1 and 2): R@1/5/10 in percent.
 PAPER_RESULTS: dict[str, dict[str, dict[str, dict[str, float]]]] = {
     "f30k": {
-        "SCAN t-i AVG (paper)": {"i2t": {"r1": 61.8, "r5": 87.5, "r10": 93.7}, "t2i": {"r1": 45.8, "r5": 74.4, "r10": 83.0}},
-        "SCAN i-t AVG (paper)": {"i2t": {"r1": 67.9, "r5": 89.0, "r10": 94.4}, "t2i": {"r1": 43.9, "r5": 74.2, "r10": 82.8}},
-        "SCAN ensemble (paper)": {"i2t": {"r1": 67.4, "r5": 90.3, "r10": 95.8}, "t2i": {"r1": 48.6, "r5": 77.7, "r10": 85.2}},
+        "SCAN t-i AVG (paper)": {"i2t": {"r1": 61.8, "r5": 87.5, "r10": 93.7},
+                                 "t2i": {"r1": 45.8, "r5": 74.4, "r10": 83.0}},
+        "SCAN i-t AVG (paper)": {"i2t": {"r1": 67.9, "r5": 89.0, "r10": 94.4},
+                                 "t2i": {"r1": 43.9, "r5": 74.2, "r10": 82.8}},
+        "SCAN ensemble (paper)": {"i2t": {"r1": 67.4, "r5": 90.3, "r10": 95.8},
+                                  "t2i": {"r1": 48.6, "r5": 77.7, "r10": 85.2}},
     },
     "coco5k": {
-        "SCAN ensemble (paper)": {"i2t": {"r1": 50.4, "r5": 82.2, "r10": 90.0}, "t2i": {"r1": 38.6, "r5": 69.3, "r10": 80.4}},
+        "SCAN ensemble (paper)": {"i2t": {"r1": 50.4, "r5": 82.2, "r10": 90.0},
+                                  "t2i": {"r1": 38.6, "r5": 69.3, "r10": 80.4}},
     },
 }
 PROTOCOLS = {"f30k": "Flickr30K 1K test images", "coco5k": "MS-COCO 5K test images"}

@@ -23,20 +23,25 @@ class DatasetConfig:
     name: str = field(default="demo", metadata={
         "help": "Dataset from the registry: " + " | ".join(DATASET_NAMES) + ".", "choices": DATASET_NAMES})
     data_root: Path = field(default_factory=_default_data_root, metadata={
-        "help": f"Folder holding one sub-folder per dataset (<data_root>/f30k/...); default ${DATA_ROOT_ENV}, else ./data."})
+        "help": "Folder holding one sub-folder per dataset (<data_root>/f30k/...); "
+                f"default ${DATA_ROOT_ENV}, else ./data."})
     image_dir: Optional[Path] = field(default=None, metadata={
-        "help": "Image folder, overriding the dataset's default (<data_root>/<name>/images; custom: <data_root>/custom)."})
+        "help": "Image folder, overriding the dataset's default "
+                "(<data_root>/<name>/images; custom: <data_root>/custom)."})
     captions_file: Optional[Path] = field(default=None, metadata={
-        "help": "Captions/split file (Karpathy .json, .token, captions .csv/.jsonl), overriding the dataset's default."})
+        "help": "Captions/split file (Karpathy .json, .token, captions .csv/.jsonl), "
+                "overriding the dataset's default."})
     missing_images: str = field(default="error", metadata={
-        "help": "An image file listed but absent: error | skip (drop it, recorded in Dataset.skipped) | allow (do not check).",
+        "help": "An image file listed but absent: error | skip (drop it, recorded in Dataset.skipped) | "
+                "allow (do not check).",
         "choices": MISSING_IMAGE_POLICIES})
 
     def __post_init__(self) -> None:
         if self.name not in DATASET_NAMES:
             raise ValueError(f"name={self.name!r}; expected one of {', '.join(DATASET_NAMES)}")
         if self.missing_images not in MISSING_IMAGE_POLICIES:
-            raise ValueError(f"missing_images={self.missing_images!r}; expected one of {', '.join(MISSING_IMAGE_POLICIES)}")
+            raise ValueError(f"missing_images={self.missing_images!r}; "
+                             f"expected one of {', '.join(MISSING_IMAGE_POLICIES)}")
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,8 @@ class CaptionConfig:
     vocab_threshold: int = field(default=4, metadata={
         "help": "Keep words seen at least this many times in the train captions (SCAN: 4)."})
     vocab_file: Optional[Path] = field(default=None, metadata={
-        "help": "Use this SCAN vocab JSON (e.g. f30k_precomp_vocab.json) instead of building one from the train split."})
+        "help": "Use this SCAN vocab JSON (e.g. f30k_precomp_vocab.json) "
+                "instead of building one from the train split."})
     row_group_size: int = field(default=65536, metadata={
         "help": "Captions per Parquet row group: the unit a reader loads at once."})
     max_words: int = field(default=100, metadata={

@@ -14,7 +14,8 @@ def _resolved_root(root: str) -> Path:
     return Path(root).resolve()
 
 
-def confine(root: str | PathLike[str], relative: str, *, source: str | PathLike[str], location: str | None = None) -> Path:
+def confine(root: str | PathLike[str], relative: str,
+            *, source: str | PathLike[str], location: str | None = None) -> Path:
     """Return `root / relative`, refusing absolute paths and anything that climbs out of `root`.
 
     The check is lexical (after normalising `..`), so it costs no file-system call per image
@@ -24,7 +25,8 @@ def confine(root: str | PathLike[str], relative: str, *, source: str | PathLike[
     if not relative or "\x00" in relative:
         raise InputError(source, f"empty or invalid image path {relative!r}", location=location)
     if os.path.isabs(relative) or (len(relative) > 1 and relative[1] == ":"):
-        raise InputError(source, f"absolute path {relative!r} is not allowed; paths are relative to {root}", location=location)
+        raise InputError(source, f"absolute path {relative!r} is not allowed; paths are relative to {root}",
+                         location=location)
     normalised = os.path.normpath(relative)
     if normalised == ".." or normalised.startswith(".." + os.sep):
         raise InputError(source, f"path {relative!r} escapes the dataset root", location=location)

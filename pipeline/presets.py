@@ -33,7 +33,8 @@ class DatasetPresets:
         """The ModelConfig values of variant `name` (None: the first, the paper's best single model)."""
         chosen = name or next(iter(self.variants))
         if chosen not in self.variants:
-            raise ValueError(f"variant {chosen!r} is not a preset of this dataset; choose one of {', '.join(self.variants)}")
+            raise ValueError(f"variant {chosen!r} is not a preset of this dataset; "
+                             f"choose one of {', '.join(self.variants)}")
         return self.variants[chosen]
 
 
@@ -48,8 +49,10 @@ PAPER_COCO = DatasetPresets(
     train={"learning_rate": 5e-4, "num_epochs": 20, "lr_update": 10},
 )
 DEMO = DatasetPresets(
-    variants={"t2i_avg": {"cross_attn": "t2i", "agg_func": "Mean", "lambda_softmax": 9.0, "word_dim": 64, "embed_size": 128},
-              "i2t_avg": {"cross_attn": "i2t", "agg_func": "Mean", "lambda_softmax": 4.0, "word_dim": 64, "embed_size": 128}},
+    variants={"t2i_avg": {"cross_attn": "t2i", "agg_func": "Mean", "lambda_softmax": 9.0,
+                          "word_dim": 64, "embed_size": 128},
+              "i2t_avg": {"cross_attn": "i2t", "agg_func": "Mean", "lambda_softmax": 4.0,
+                          "word_dim": 64, "embed_size": 128}},
     train={"learning_rate": 1e-3, "num_epochs": 12, "lr_update": 9, "batch_size": 64, "warmup_epochs": 3,
            "workers": 0, "log_step": 20},
     extractor={"backbone": "R18-C4-demo", "min_boxes": 1, "max_boxes": 4, "batch_size": 16},

@@ -69,7 +69,8 @@ def config_parameters(config_cls: type, *, prefix: str = "", rename: Mapping[str
 
     def declare(task_cls: T) -> T:
         for info in described:
-            parameter, name = _parameter(info, config_cls.__name__, info.name not in quiet), binding.parameter_name(info.name)
+            parameter, name = (_parameter(info, config_cls.__name__, info.name not in quiet),
+                               binding.parameter_name(info.name))
             setattr(task_cls, name, parameter)
             parameter.__set_name__(task_cls, name)  # a descriptor set after the class body is not named by Python
         own = dict(vars(task_cls).get("config_bindings", {}))  # this class's own: bases keep theirs

@@ -36,7 +36,8 @@ def caption_tokens(caption: str, max_words: int = DEFAULT_MAX_WORDS) -> list[str
     return tokenize(caption)[:max_words]
 
 
-def _batches(dataset: Dataset, vocab: Vocabulary, size: int, max_words: int, cut: list[int]) -> Iterator[pa.RecordBatch]:
+def _batches(dataset: Dataset, vocab: Vocabulary, size: int,
+             max_words: int, cut: list[int]) -> Iterator[pa.RecordBatch]:
     """Record batches of at most `size` captions, so memory stays bounded on COCO's 600k captions."""
     columns: dict[str, list] = {name: [] for name in SCHEMA.names}
     for image in dataset.images:

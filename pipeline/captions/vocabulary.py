@@ -69,8 +69,10 @@ class Vocabulary:
         except _DuplicateKey as duplicate:
             raise InputError(path, f"the key {duplicate.key!r} appears twice; a word has one id") from None
         word2idx = document.get("word2idx") if isinstance(document, dict) else None
-        if not isinstance(word2idx, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in word2idx.values()):
-            raise InputError(path, "expected SCAN's vocab format: 'word2idx' mapping words to integer ids", location="word2idx")
+        if not isinstance(word2idx, dict) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                     for i in word2idx.values()):
+            raise InputError(path, "expected SCAN's vocab format: 'word2idx' mapping words to integer ids",
+                             location="word2idx")
         words = sorted(word2idx, key=word2idx.__getitem__)
         if [word2idx[word] for word in words] != list(range(len(words))):
             raise InputError(path, "word ids must be 0..n-1 without gaps or repeats", location="word2idx")

@@ -4,5 +4,5 @@ from pipeline.datasets.custom import hashed_split
 from pipeline.datasets.records import SPLITS, Dataset, ImageRecord, Skipped
 from pipeline.datasets.registry import DATASETS, DatasetSpec, dataset_files, load_dataset, registered_config
 
-__all__ = ["DATASETS", "SPLITS", "Dataset", "DatasetSpec", "ImageRecord", "Skipped", "check_trainable", "dataset_files", "hashed_split",
-           "load_dataset", "registered_config"]
+__all__ = ["DATASETS", "SPLITS", "Dataset", "DatasetSpec", "ImageRecord", "Skipped", "check_trainable", "dataset_files",
+           "hashed_split", "load_dataset", "registered_config"]

@@ -44,7 +44,8 @@ def _check_unique(image_id: str, path: Path, location: str, seen: dict[object, s
         seen[key] = location
 
 
-def build_records(raw_images: list[RawImage], *, source: Path, image_root: Path) -> tuple[list[ImageRecord], list[Skipped]]:
+def build_records(raw_images: list[RawImage], *, source: Path,
+                  image_root: Path) -> tuple[list[ImageRecord], list[Skipped]]:
     """Checked records in source order, and what was left out on purpose (no split, no captions)."""
     records: list[ImageRecord] = []
     skipped: list[Skipped] = []

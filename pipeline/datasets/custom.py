@@ -23,7 +23,8 @@ def hashed_split(relpath: str) -> str:
     return "test" if bucket < 5 else "dev" if bucket < 10 else "train"
 
 
-def _add_row(images: dict[str, RawImage], path: Path, image: str, caption: str, split: str | None, location: str) -> None:
+def _add_row(images: dict[str, RawImage], path: Path, image: str, caption: str,
+             split: str | None, location: str) -> None:
     split = split or None
     entry = images.setdefault(image, RawImage(image, split, location))
     if split is not None and entry.split is not None and split != entry.split:
@@ -67,7 +68,8 @@ def read_captions_jsonl(path: Path) -> list[RawImage]:
         if not line.strip():
             continue
         location = f"line {number}"
-        row = expect_type(parse_json(path, line, location=location), (dict,), path=path, location=location, what="a line")
+        row = expect_type(parse_json(path, line, location=location), (dict,), path=path, location=location,
+                          what="a line")
         image = expect_key(row, "image", (str,), path=path, location=location)
         caption = expect_key(row, "caption", (str,), path=path, location=location)
         split = expect_type(row.get("split"), (str, type(None)), path=path, location=location, what="'split'")

@@ -41,15 +41,18 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("f30k", ("dataset_flickr30k.json", "results_20130124.token"),
                 split_lists=(("train", "train.txt"), ("dev", "dev.txt"), ("test", "test.txt")),
                 hint=f"Flickr30K: dataset_flickr30k.json is in Karpathy's splits {KARPATHY_SPLITS}; the images "
-                     "(flickr30k-images) from https://shannon.cs.illinois.edu/DenotationGraph/ go in <data_root>/f30k/images/"),
+                     "(flickr30k-images) from https://shannon.cs.illinois.edu/DenotationGraph/ "
+                     "go in <data_root>/f30k/images/"),
     DatasetSpec("coco", ("dataset_coco.json",), id_key="cocoid",
                 hint=f"MS-COCO: dataset_coco.json is in Karpathy's splits {KARPATHY_SPLITS}; the train2014 and val2014 "
-                     "images from https://cocodataset.org/#download go in <data_root>/coco/images/{train2014,val2014}/"),
+                     "images from https://cocodataset.org/#download "
+                     "go in <data_root>/coco/images/{train2014,val2014}/"),
     DatasetSpec("f8k", ("dataset_flickr8k.json", "Flickr8k.token.txt"),
                 split_lists=(("train", "Flickr_8k.trainImages.txt"), ("dev", "Flickr_8k.devImages.txt"),
                              ("test", "Flickr_8k.testImages.txt")),
                 hint=f"Flickr8k: dataset_flickr8k.json is in Karpathy's splits {KARPATHY_SPLITS} (or use the official "
-                     "Flickr8k.token.txt and Flickr_8k.*Images.txt); the Flickr8k_Dataset images go in <data_root>/f8k/images/"),
+                     "Flickr8k.token.txt and Flickr_8k.*Images.txt); "
+                     "the Flickr8k_Dataset images go in <data_root>/f8k/images/"),
     DatasetSpec("demo", ("dataset_demo.json",), image_subdir="", boxes_file="boxes.json",
                 hint="The demo is generated: pipeline.demo.generate_demo(<data_root>/demo, DemoConfig()) "
                      "or `luigi --module workflows GenerateDemo --dataset demo`"),

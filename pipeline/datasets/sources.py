@@ -51,7 +51,8 @@ def expect_type(value: Any, kinds: tuple[type, ...], *, path: Path, location: st
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                raise InputError(path, f"{what} is not valid Unicode text (lone surrogate)", location=location) from None
+                raise InputError(path, f"{what} is not valid Unicode text (lone surrogate)",
+                                 location=location) from None
         return value
     expected = " or ".join(kind.__name__ for kind in kinds)
     raise InputError(path, f"{what} must be {expected}, got {type(value).__name__}", location=location)

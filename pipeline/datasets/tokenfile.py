@@ -36,7 +36,8 @@ def read_token_file(path: Path) -> list[RawImage]:
         if not tab or match is None:
             raise InputError(path, f"expected 'image.jpg#k<TAB>caption', got {line[:80]!r}", location=f"line {number}")
         if key in seen_keys:
-            raise InputError(path, f"duplicate caption {key!r} (first on line {seen_keys[key]})", location=f"line {number}")
+            raise InputError(path, f"duplicate caption {key!r} (first on line {seen_keys[key]})",
+                             location=f"line {number}")
         seen_keys[key] = number
         name = match["name"]
         image = images.setdefault(name, RawImage(name, None, f"line {number}"))

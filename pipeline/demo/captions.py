@@ -92,7 +92,8 @@ def _caption_body(rng: np.random.Generator, objects: list[SceneObject], image_si
     return frame.format(l=_listing(rng, objects), n=COUNT_WORDS[len(objects)])
 
 
-def write_captions(rng: np.random.Generator, objects: tuple[SceneObject, ...], count: int, image_size: int) -> list[str]:
+def write_captions(rng: np.random.Generator, objects: tuple[SceneObject, ...],
+                   count: int, image_size: int) -> list[str]:
     """`count` distinct captions, objects in a fresh random order for each; Flickr-style raw text."""
     captions: list[str] = []
     for _ in range(ATTEMPTS_PER_CAPTION * count):
@@ -103,7 +104,8 @@ def write_captions(rng: np.random.Generator, objects: tuple[SceneObject, ...], c
             captions.append(caption)
         if len(captions) == count:
             return captions
-    raise ValueError(f"could not write {count} distinct captions for {len(objects)} object(s); lower captions_per_image")
+    raise ValueError(f"could not write {count} distinct captions for {len(objects)} object(s); "
+                     "lower captions_per_image")
 
 
 def tokenize(caption: str) -> list[str]:

@@ -18,8 +18,10 @@ class DemoConfig:
         default=(0.05, 0.25, 0.35, 0.35),
         metadata={"help": "Relative frequency of images with 1, 2, ... objects (at most 4); 0 excludes a count."})
     min_visible_fraction: float = field(
-        default=0.7, metadata={"help": "Least fraction of each object's area left visible by the objects drawn over it."})
-    noise_std: float = field(default=3.0, metadata={"help": "Standard deviation of the sensor-like pixel noise (0-255 scale)."})
+        default=0.7, metadata={"help": "Least fraction of each object's area left visible "
+                                       "by the objects drawn over it."})
+    noise_std: float = field(default=3.0, metadata={"help": "Standard deviation of the sensor-like pixel noise "
+                                                            "(0-255 scale)."})
 
     def __post_init__(self) -> None:
         for name in ("train_images", "val_images", "test_images"):

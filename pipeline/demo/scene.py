@@ -77,7 +77,8 @@ def _place(rng: np.random.Generator, color: str, shape: str, image_size: int) ->
     return obj, coverage(vertices, image_size)
 
 
-def _still_visible(covers: list[np.ndarray], visible: list[np.ndarray], new: np.ndarray, fraction: float) -> list[np.ndarray] | None:
+def _still_visible(covers: list[np.ndarray], visible: list[np.ndarray], new: np.ndarray,
+                   fraction: float) -> list[np.ndarray] | None:
     """Visible parts after painting `new` on top, or None if any object would be hidden too much."""
     updated = [v * (1 - new) for v in visible]
     if all(u.sum() >= fraction * c.sum() for u, c in zip(updated, covers)):

@@ -15,5 +15,5 @@ from pipeline.store.verify import Problem, verify_store
 from pipeline.store.writer import ShardWriter
 
 __all__ = ["StoreReader", "ImageSource", "Problem", "RegionRecord", "ShardPlan", "ShardWriter", "StoreConfig",
-           "StoreInfo", "adopt_shards", "commit_manifest", "config_fingerprint", "init_store", "open_shard", "plan_shards",
-           "read_failures", "read_store_info", "sha256_file", "shard_path", "verify_store"]
+           "StoreInfo", "adopt_shards", "commit_manifest", "config_fingerprint", "init_store", "open_shard",
+           "plan_shards", "read_failures", "read_store_info", "sha256_file", "shard_path", "verify_store"]

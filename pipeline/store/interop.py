@@ -108,15 +108,19 @@ def read_milvlg_npz(path: str | PathLike[str]) -> RegionRecord:
     if features.ndim != 2 or features.shape[0] != k:
         raise InputError(path, f"x has shape {features.shape} but num_bbox={k}")
     zeros = np.zeros(k, dtype=np.float32)
-    labels = {name: np.asarray(info.get(name, zeros)) for name in ("objects_id", "objects_conf", "attrs_id", "attrs_conf")}
+    labels = {name: np.asarray(info.get(name, zeros))
+              for name in ("objects_id", "objects_conf", "attrs_id", "attrs_conf")}
     return RegionRecord(image_id=str(info.get("image_id", Path(path).stem)), features=features,
-                        boxes=np.asarray(entries["bbox"], dtype=np.float32), object_ids=labels["objects_id"].astype(np.int64),
-                        object_conf=labels["objects_conf"].astype(np.float32), attr_ids=labels["attrs_id"].astype(np.int64),
+                        boxes=np.asarray(entries["bbox"], dtype=np.float32),
+                        object_ids=labels["objects_id"].astype(np.int64),
+                        object_conf=labels["objects_conf"].astype(np.float32),
+                        attr_ids=labels["attrs_id"].astype(np.int64),
                         attr_conf=labels["attrs_conf"].astype(np.float32),
                         image_hw=(int(entries["image_h"]), int(entries["image_w"])))
 
 
-def read_scan_precomp(ims_path: str | PathLike[str], image_ids: Optional[Sequence[str]] = None) -> Iterator[RegionRecord]:
+def read_scan_precomp(ims_path: str | PathLike[str],
+                      image_ids: Optional[Sequence[str]] = None) -> Iterator[RegionRecord]:
     """Rows of SCAN's `{split}_ims.npy` (N, K, D), memory-mapped. Ids default to the row numbers.
 
     Precomp files hold features only: boxes, labels are zeros and image_hw is (0, 0) (unknown).
@@ -149,8 +153,8 @@ def import_records(records: Iterable[RegionRecord], store_dir: str | PathLike[st
     first = next(iterator, None)
     if first is None:
         raise ValueError(f"nothing to import into {store_dir}: the source holds no images")
-    init_store(store_dir, StoreInfo(feature_dim=first.features.shape[1], max_boxes=max_boxes, feature_dtype=feature_dtype,
-                                           extractor=extractor or {"imported_from": source}))
+    init_store(store_dir, StoreInfo(feature_dim=first.features.shape[1], max_boxes=max_boxes,
+                                    feature_dtype=feature_dtype, extractor=extractor or {"imported_from": source}))
     index = max(completed_shards(store_dir), default=-1) + 1
     pending: Optional[RegionRecord] = first
     while pending is not None:

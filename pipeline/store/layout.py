@@ -82,7 +82,8 @@ def info_from_json(text: str, source: Path) -> StoreInfo:
     try:
         return StoreInfo(**json.loads(text))
     except (json.JSONDecodeError, TypeError, ValueError) as error:
-        raise InputError(source, f"not a valid store description ({error}); delete the store directory and re-extract") from error
+        raise InputError(source, f"not a valid store description ({error}); "
+                                 "delete the store directory and re-extract") from error
 
 
 def read_store_info(store_dir: str | PathLike[str]) -> StoreInfo:
@@ -120,8 +121,9 @@ def open_shard(path: str | PathLike[str], mode: str = "r") -> h5py.File:
     try:
         return h5py.File(path, mode)
     except FileNotFoundError as error:
-        raise InputError(path, "shard file is missing; re-run the same extraction (the workflow, or `python -m extractors "
-                               "extract` with the same settings): only the missing shard's images are extracted again") from error
+        raise InputError(path, "shard file is missing; re-run the same extraction (the workflow, or "
+                               "`python -m extractors extract` with the same settings): only the missing shard's "
+                               "images are extracted again") from error
     except OSError as error:
         raise InputError(path, f"cannot be read as HDF5, truncated or corrupt ({error}); re-run the same extraction: "
                                "it deletes the unusable shard and extracts only its images again") from error

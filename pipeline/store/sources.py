@@ -67,4 +67,5 @@ class FeatureSource:
             ims = self.path / f"{split}_ims.npy"
             if ims.exists():
                 ids_file = self.path / f"{split}_ids.txt"
-                yield from read_scan_precomp(ims, ids_file.read_text().split() if ids_file.exists() else split_ids(split))
+                yield from read_scan_precomp(ims,
+                                             ids_file.read_text().split() if ids_file.exists() else split_ids(split))

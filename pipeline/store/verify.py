@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
 from pipeline.atomic import is_temp_path
-from pipeline.store.layout import MANIFEST, SHARDS_DIR, StoreInfo, completed_shards, open_shard, read_store_info, shard_info
+from pipeline.store.layout import (MANIFEST, SHARDS_DIR, StoreInfo, completed_shards, open_shard, read_store_info,
+                                   shard_info)
 from pipeline.store.planning import MANIFEST_SCHEMA, newest_entries
 
 _REEXTRACT = ("re-run the same extraction (the workflow, or `python -m extractors extract` with the same settings): "
@@ -73,7 +74,8 @@ def _check_shard(path: Path, info: StoreInfo, check_values: bool) -> tuple[Optio
         return None, [Problem(str(path), f"unreadable ({error})", _REEXTRACT)]
 
 
-def _check_open_shard(handle: h5py.File, path: Path, info: StoreInfo, check_values: bool) -> tuple[Optional[int], list[Problem]]:
+def _check_open_shard(handle: h5py.File, path: Path, info: StoreInfo,
+                      check_values: bool) -> tuple[Optional[int], list[Problem]]:
     n = handle["image_ids"].shape[0] if "image_ids" in handle else 0
     k, d = info.max_boxes, info.feature_dim
     expected = {"features": ((n, k, d), np.dtype(info.feature_dtype)), "boxes": ((n, k, 4), np.float32),
@@ -89,7 +91,8 @@ def _check_open_shard(handle: h5py.File, path: Path, info: StoreInfo, check_valu
                                                f"expected {shape} {dtype or 'string'}", _REEXTRACT))
     stored = shard_info(handle)
     if stored is not None and stored.differences(info):
-        problems.append(Problem(str(path), f"written with a different {', '.join(stored.differences(info))} than store.json",
+        problems.append(Problem(str(path),
+                                f"written with a different {', '.join(stored.differences(info))} than store.json",
                                 "this shard belongs to another store: " + _REEXTRACT))
     if problems:
         return None, problems

@@ -55,7 +55,8 @@ class ShardWriter:
         self.path = Path(path)
         extra = {key: value for key, value in attrs.items() if key not in ("extractor", "weights_sha256")}
         self.info = StoreInfo(feature_dim=feature_dim, max_boxes=max_boxes, feature_dtype=feature_dtype,
-                              extractor=dict(attrs.get("extractor", {})), weights_sha256=str(attrs.get("weights_sha256", "")))
+                              extractor=dict(attrs.get("extractor", {})),
+                              weights_sha256=str(attrs.get("weights_sha256", "")))
         self._extra_attrs = {key: json.dumps(value, default=str) for key, value in extra.items()}
         self._temp = temp_path_for(self.path)
         self._file: Optional[h5py.File] = None
@@ -70,7 +71,8 @@ class ShardWriter:
         """Writer for shard `shard_index` of an initialised store, configured from its store.json."""
         info = read_store_info(store_dir)
         return cls(shard_path(store_dir, shard_index), max_boxes=info.max_boxes, feature_dim=info.feature_dim,
-                   feature_dtype=info.feature_dtype, attrs={"extractor": info.extractor, "weights_sha256": info.weights_sha256})
+                   feature_dtype=info.feature_dtype,
+                   attrs={"extractor": info.extractor, "weights_sha256": info.weights_sha256})
 
     def __enter__(self) -> "ShardWriter":
         store_json = self.path.parent.parent / STORE_JSON
@@ -137,14 +139,17 @@ class ShardWriter:
             for index, row in enumerate(self._rows):
                 values[index, :row.num_boxes] = row.regions[name]
             handle.create_dataset(name, data=values, chunks=(min(n, _GROW), *shape) if n else None)
-        handle.create_dataset("num_boxes", data=np.array([row.num_boxes for row in self._rows], dtype=np.int32).reshape(n))
-        handle.create_dataset("image_hw", data=np.array([row.image_hw for row in self._rows], dtype=np.int32).reshape(n, 2))
+        handle.create_dataset("num_boxes",
+                              data=np.array([row.num_boxes for row in self._rows], dtype=np.int32).reshape(n))
+        handle.create_dataset("image_hw",
+                              data=np.array([row.image_hw for row in self._rows], dtype=np.int32).reshape(n, 2))
         for name, attribute in zip(_TEXT_COLUMNS, ("image_id", "relpath", "sha256")):
             values = np.array([getattr(row, attribute) for row in self._rows], dtype=object).reshape(n)
             handle.create_dataset(name, data=values, dtype=_STRING)
         failures = handle.create_group("failures")
         for column, values in zip(_FAILURE_COLUMNS, zip(*self._failures) if self._failures else [()] * 4):
-            failures.create_dataset(column, data=np.array(values, dtype=object).reshape(len(self._failures)), dtype=_STRING)
+            failures.create_dataset(column, data=np.array(values, dtype=object).reshape(len(self._failures)),
+                                    dtype=_STRING)
         handle.attrs["store_info"] = self.info.to_json()
         for key, value in self._extra_attrs.items():
             handle.attrs[key] = value
@@ -166,7 +171,8 @@ class ShardWriter:
         features = np.asarray(record.features)
         k = features.shape[0] if features.ndim == 2 else -1
         if features.ndim != 2 or features.shape[1] != self.info.feature_dim or not 1 <= k <= self.info.max_boxes:
-            raise bad(f"features have shape {features.shape}; expected (1..{self.info.max_boxes}, {self.info.feature_dim})")
+            raise bad(f"features have shape {features.shape}; "
+                      f"expected (1..{self.info.max_boxes}, {self.info.feature_dim})")
         if not np.issubdtype(features.dtype, np.floating):
             raise bad(f"features have dtype {features.dtype}; expected a float dtype")
         expected = {"boxes": (k, 4), "object_ids": (k,), "object_conf": (k,), "attr_ids": (k,), "attr_conf": (k,)}

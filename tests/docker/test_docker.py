@@ -144,7 +144,8 @@ def test_environment_yml_pins_equal_pyproject():
     project, env = pyproject_pins(), environment_pins()
     python = env.pop("python")
     assert python == "3.11"
-    assert env == project, {k: (project.get(k), env.get(k)) for k in set(project) | set(env) if project.get(k) != env.get(k)}
+    assert env == project, {k: (project.get(k), env.get(k))
+                            for k in set(project) | set(env) if project.get(k) != env.get(k)}
 
 
 def test_python_version_agrees_everywhere():

@@ -41,7 +41,8 @@ def assert_refused(result, elapsed: float, workspace: Path, marker: Path) -> Non
     lines = result.stderr.splitlines()
     assert len(lines) == 1, lines
     assert f"cannot write the workspace {workspace} as uid" in lines[0]
-    assert 'fix: create the host folder yourself and run as its owner, e.g. mkdir -p workspace && docker run --rm --user "$(id -u):$(id -g)"' in lines[0]
+    assert ('fix: create the host folder yourself and run as its owner, e.g. mkdir -p workspace && '
+            'docker run --rm --user "$(id -u):$(id -g)"') in lines[0]
     assert not marker.exists()  # the command never ran
     assert elapsed < 1.0
 

@@ -22,7 +22,8 @@ CAFFE_MEANS_BGR = np.array([102.9801, 115.9465, 122.7717], dtype=np.float32)
 
 
 def caffe_generate_anchors(scales=(4, 8, 16, 32), ratios=(0.5, 1.0, 2.0), base=16) -> np.ndarray:
-    """BUTD lib/rpn/generate_anchors.py lines 37-98: base box [0, 0, 15, 15], _ratio_enum then _scale_enum (ratio-major)."""
+    """BUTD lib/rpn/generate_anchors.py lines 37-98: base box [0, 0, 15, 15], _ratio_enum then _scale_enum
+    (ratio-major)."""
     w, h, x_ctr, y_ctr = base, base, 0.5 * (base - 1), 0.5 * (base - 1)
     out = []
     for ratio in ratios:
@@ -35,7 +36,8 @@ def caffe_generate_anchors(scales=(4, 8, 16, 32), ratios=(0.5, 1.0, 2.0), base=1
 
 
 def py_cpu_nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> list[int]:
-    """BUTD lib/nms/py_cpu_nms.py lines 10-38: +1 areas, float32, keep while IoU <= thresh; equal scores: lower index first."""
+    """BUTD lib/nms/py_cpu_nms.py lines 10-38: +1 areas, float32, keep while IoU <= thresh;
+    equal scores: lower index first."""
     x1, y1, x2, y2 = boxes.T
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
     order = np.argsort(-scores, kind="stable")
@@ -134,8 +136,10 @@ def find_top_rpn_proposals(proposals: np.ndarray, logits: np.ndarray, height: in
     return boxes[keep.numpy()]
 
 
-def maxnms_keep(boxes: np.ndarray, scores: np.ndarray, min_boxes: int, max_boxes: int, start: float = 0.3) -> np.ndarray:
-    """AIR demo/detectron2_mscoco_proposal_maxnms.py lines 62-64 and 113-119: NMS at 0.3, 0.4, ... until min_boxes survive."""
+def maxnms_keep(boxes: np.ndarray, scores: np.ndarray, min_boxes: int,
+                max_boxes: int, start: float = 0.3) -> np.ndarray:
+    """AIR demo/detectron2_mscoco_proposal_maxnms.py lines 62-64 and 113-119:
+    NMS at 0.3, 0.4, ... until min_boxes survive."""
     keep = np.zeros(0, dtype=np.int64)
     for nms_thresh in np.arange(start, 1.0, 0.1):
         keep = nms(torch.from_numpy(boxes), torch.from_numpy(scores), nms_thresh)[:max_boxes].numpy()

@@ -43,7 +43,8 @@ def test_regions_of_real_photos_have_the_store_layout(detector, config, photos):
         assert (out.boxes[:, 0] >= 0).all() and (out.boxes[:, 2] <= w).all() and (out.boxes[:, 3] <= h).all()
         assert (out.boxes[:, 2] >= out.boxes[:, 0]).all()
         assert out.object_ids.dtype == np.int64 and 1 <= out.object_ids.min() and out.object_ids.max() <= 1600
-        assert 1 <= out.attr_ids.min() and out.attr_ids.max() <= 400 and ((out.attr_conf > 0) & (out.attr_conf <= 1)).all()
+        assert (1 <= out.attr_ids.min() and out.attr_ids.max() <= 400
+                and ((out.attr_conf > 0) & (out.attr_conf <= 1)).all())
         assert np.isfinite(out.features).all() and (out.features >= 0).all()  # pooled after ReLU
 
 

@@ -118,13 +118,15 @@ def test_rerun_touches_only_new_and_changed_images(shared_data, tmp_path, detect
     after = _features_by_image(tmp_path / "store")
     assert after["1001773457_577c3a7d70"] != before["1001773457_577c3a7d70"]
     manifest = pq.read_table(store / "manifest.parquet").to_pydict()
-    assert len(manifest["image_id"]) == 4 and dict(zip(manifest["image_id"], manifest["shard"]))["1001773457_577c3a7d70"] == 2
+    assert (len(manifest["image_id"]) == 4
+            and dict(zip(manifest["image_id"], manifest["shard"]))["1001773457_577c3a7d70"] == 2)
     assert verify_store(store) == []
 
 
 def test_given_boxes_mode_keeps_exactly_the_given_boxes(shared_data, tmp_path, detector) -> None:
     images = _photos(shared_data, tmp_path / "images", 2)
-    given = {"1000268201_693b08cb0e": [[0, 0, 100, 75], [50, 40, 199, 149]], "1001773457_577c3a7d70": [[10, 10, 60, 90]]}
+    given = {"1000268201_693b08cb0e": [[0, 0, 100, 75], [50, 40, 199, 149]],
+             "1001773457_577c3a7d70": [[10, 10, 60, 90]]}
     boxes_file = tmp_path / "boxes.json"
     boxes_file.write_text(json.dumps(given))
     _extract(images, tmp_path / "store", detector, boxes=load_boxes_json(boxes_file))
@@ -144,7 +146,8 @@ def test_given_boxes_store_grows_and_re_extracts_an_image_whose_boxes_changed(sh
     shard0 = (tmp_path / "store" / "shards" / "shard-00000.h5").read_bytes()
     (tmp_path / later.name).rename(later)
     boxes.update({later.stem: [[5, 5, 50, 50]], second.stem: [[20, 20, 80, 90]]})
-    summary = _extract(images, tmp_path / "store", detector, boxes=load_boxes_json(_write_json(tmp_path / "b2.json", boxes)))
+    summary = _extract(images, tmp_path / "store", detector,
+                       boxes=load_boxes_json(_write_json(tmp_path / "b2.json", boxes)))
     assert (summary.extracted, summary.skipped) == (2, 1)  # the new image, and the one whose boxes changed
     assert (tmp_path / "store" / "shards" / "shard-00000.h5").read_bytes() == shard0
     assert StoreReader(tmp_path / "store").get(second.stem).boxes[0].tolist() == [20, 20, 80, 90]
@@ -154,7 +157,8 @@ def test_given_boxes_beyond_max_boxes_fail_that_image_only(shared_data, tmp_path
     images = _photos(shared_data, tmp_path / "images", 2)
     first, second = (path.stem for path in sorted(images.iterdir()))
     boxes = {first: [[0, 0, 10, 10]] * (CONFIG.max_boxes + 1), second: [[10, 10, 60, 90]]}
-    summary = _extract(images, tmp_path / "store", detector, boxes=load_boxes_json(_write_json(tmp_path / "b.json", boxes)))
+    summary = _extract(images, tmp_path / "store", detector,
+                       boxes=load_boxes_json(_write_json(tmp_path / "b.json", boxes)))
     assert summary.extracted == 1 and summary.failures == ((first, "5 given boxes, more than max_boxes=4"),)
 
 
@@ -190,7 +194,8 @@ def test_killed_run_resumes_to_an_identical_store(shared_data, tmp_path, detecto
     # Bits are reproducible for a given thread count; pin it in both processes.
     _extract(images, tmp_path / "reference", detector, shard_size=1, run=RunConfig(num_workers=0, torch_threads=1))
     store = tmp_path / "store"
-    process = subprocess.Popen(_cli(images, store, "--shard-size", "1"), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(_cli(images, store, "--shard-size", "1"), cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         names = os.listdir(store / "shards") if (store / "shards").is_dir() else []
@@ -201,7 +206,8 @@ def test_killed_run_resumes_to_an_identical_store(shared_data, tmp_path, detecto
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (store / "manifest.parquet").exists()
-    resumed = subprocess.run(_cli(images, store, "--shard-size", "1"), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(_cli(images, store, "--shard-size", "1"), cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert "skipped (already stored)" in resumed.stdout
     assert _features_by_image(store) == _features_by_image(tmp_path / "reference")

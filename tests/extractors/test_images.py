@@ -31,7 +31,8 @@ def _forged_png(path: Path, width: int, height: int) -> Path:
 
 
 def test_real_photos_decode_to_rgb_uint8(shared_data: Path) -> None:
-    photos = sorted((shared_data / "flickr8k" / "images").glob("*.jpg"))[:3] + sorted((shared_data / "butd_demo_images").glob("*.jpg"))[:2]
+    photos = (sorted((shared_data / "flickr8k" / "images").glob("*.jpg"))[:3]
+              + sorted((shared_data / "butd_demo_images").glob("*.jpg"))[:2])
     for photo in photos:
         pixels = decode_image(photo)
         with Image.open(photo) as reference:

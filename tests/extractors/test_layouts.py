@@ -60,8 +60,10 @@ def native_without_attributes() -> dict[str, torch.Tensor]:
 def files(tmp_path_factory, native, native_without_attributes) -> dict[str, Path]:
     """The four published variants, at R18 size."""
     folder = tmp_path_factory.mktemp("published")
-    paths = {"airsplay-attr": folder / "faster_rcnn_from_caffe_attr.pkl", "airsplay-plain": folder / "faster_rcnn_from_caffe.pkl",
-             "milvlg-anchors": folder / "bua-caffe-frcn-r18_with_attributes.pth", "milvlg-plain": folder / "bua-caffe-frcn-r18.pth"}
+    paths = {"airsplay-attr": folder / "faster_rcnn_from_caffe_attr.pkl",
+             "airsplay-plain": folder / "faster_rcnn_from_caffe.pkl",
+             "milvlg-anchors": folder / "bua-caffe-frcn-r18_with_attributes.pth",
+             "milvlg-plain": folder / "bua-caffe-frcn-r18.pth"}
     write_published(native, paths["airsplay-attr"], "airsplay", CONFIG.spec)
     write_published(native_without_attributes, paths["airsplay-plain"], "airsplay", CONFIG.spec)
     write_published(native, paths["milvlg-anchors"], "milvlg", CONFIG.spec, cell_anchors=True)
@@ -83,11 +85,13 @@ def test_airsplay_layout_is_the_forks(files, native):
     # Size-major channels: file channel k is size k // 3, ratio k % 3; ours are ratio-major (ratio * 4 + size).
     for k in range(12):
         ours = (k % 3) * 4 + k // 3
-        np.testing.assert_array_equal(published[RPN + "objectness_logits.bias"][k], native[RPN + "objectness_logits.bias"][ours].numpy())
+        np.testing.assert_array_equal(published[RPN + "objectness_logits.bias"][k],
+                                      native[RPN + "objectness_logits.bias"][ours].numpy())
         np.testing.assert_array_equal(published[RPN + "anchor_deltas.weight"][4 * k:4 * k + 4],
                                       native[RPN + "anchor_deltas.weight"][4 * ours:4 * ours + 4].numpy())
     weights = np.tile([10.0, 10.0, 5.0, 5.0], 1600).astype(np.float32)
-    np.testing.assert_allclose(published[BOX + "bbox_pred.bias"], native[BOX + "bbox_pred.bias"].numpy() * weights, rtol=1e-6)
+    np.testing.assert_allclose(published[BOX + "bbox_pred.bias"], native[BOX + "bbox_pred.bias"].numpy() * weights,
+                               rtol=1e-6)
     assert published[BOX + "bbox_pred.weight"].shape == (6400, 512)
 
 
@@ -98,7 +102,8 @@ def test_airsplay_cell_anchors_are_detectron2s_in_size_major_order(native):
 
 def test_milvlg_layout_is_buas(files, native):
     published = torch.load(files["milvlg-anchors"], weights_only=True)["model"]
-    assert {"cls_embed.weight", "attr_linear1.weight", "attr_linear2.bias"} <= {k[len(BOX):] for k in published if k.startswith(BOX)}
+    assert ({"cls_embed.weight", "attr_linear1.weight", "attr_linear2.bias"}
+            <= {k[len(BOX):] for k in published if k.startswith(BOX)})
     assert not {BOX + "cls_embedding.weight", BOX + "fc_attr.weight", BOX + "attr_score.weight"} & set(published)
     torch.testing.assert_close(published[BOX + "cls_score.bias"], native[BOX + "cls_score.bias"])  # background first
     torch.testing.assert_close(published[BOX + "attr_linear2.bias"], native[BOX + "attr_score.bias"])
@@ -125,14 +130,17 @@ def _verify(path: Path, capsys, *extra: str) -> tuple[int, str, str]:
 EXPECTED_NOTES = {
     "airsplay-attr": ["format: airsplay (detected)", "moved from last to first in cls_score.weight", "attr_score.bias",
                       "permuted from detectron2's size-major order", "cell anchors: not in the file",
-                      "divided by the BBOX_REG_WEIGHTS (10.0, 10.0, 5.0, 5.0)", "attribute head: present (cls_embedding (1601, 256)"],
+                      "divided by the BBOX_REG_WEIGHTS (10.0, 10.0, 5.0, 5.0)",
+                      "attribute head: present (cls_embedding (1601, 256)"],
     "airsplay-plain": ["format: airsplay (detected)", "moved from last to first in cls_score.weight, cls_score.bias",
                        "permuted from detectron2's size-major order", "attribute head: absent"],
     "milvlg-anchors": ["format: milvlg (detected)", "first, as in Caffe", "cls_embed -> cls_embedding",
                        "24 softmax channels", "background row dropped (6404 -> 6400)",
-                       f"cell anchors: {CELL_ANCHORS_KEY} checked: equal to Caffe's generate_anchors", "in Caffe's ratio-major order already",
+                       f"cell anchors: {CELL_ANCHORS_KEY} checked: equal to Caffe's generate_anchors",
+                       "in Caffe's ratio-major order already",
                        "attribute head: present"],
-    "milvlg-plain": ["format: milvlg (detected)", "cell anchors: not in the file", "in Caffe's ratio-major order already"],
+    "milvlg-plain": ["format: milvlg (detected)", "cell anchors: not in the file",
+                     "in Caffe's ratio-major order already"],
 }
 
 
@@ -169,7 +177,8 @@ def test_cell_anchors_in_another_order_take_their_channels_along(tmp_path, nativ
                                                            published[RPN + "objectness_logits.bias"][12:][size_major]])
     for part in ("weight", "bias"):
         deltas = published[RPN + f"anchor_deltas.{part}"]
-        published[RPN + f"anchor_deltas.{part}"] = deltas.reshape(12, 4, *deltas.shape[1:])[size_major].reshape(deltas.shape)
+        published[RPN + f"anchor_deltas.{part}"] = (deltas.reshape(12, 4, *deltas.shape[1:])[size_major]
+                                                    .reshape(deltas.shape))
     path = tmp_path / "bua-size-major.pth"
     torch.save({"model": published}, path)
     code, out, _ = _verify(path, capsys)
@@ -192,7 +201,8 @@ def test_attribute_free_file_extracts_with_no_attributes(tmp_path, files, shared
     assert not detector.with_attributes
     run = RunConfig(num_workers=0)
     summary = extract_dataset(images_in_directory(images), tmp_path / "store", config, store=StoreConfig(shard_size=2),
-                              run=run, runner=InProcessRunner(config, run, detector=detector, progress=False), progress=False)
+                              run=run, runner=InProcessRunner(config, run, detector=detector, progress=False),
+                              progress=False)
     assert summary.extracted == 2 and summary.failed == 0
     assert json.loads((tmp_path / "store" / "store.json").read_text())["extractor"]["attribute_head"] is False
     with h5py.File(next((tmp_path / "store" / "shards").glob("*.h5")), "r") as shard:
@@ -204,11 +214,13 @@ def test_attribute_free_file_extracts_with_no_attributes(tmp_path, files, shared
 @pytest.mark.slow
 def test_r101_variants_fit_the_published_model_with_zero_problems():
     config = ExtractorConfig(backbone="R101-C4-VG")
-    expected = {True: BottomUpDetector(config).state_dict(), False: BottomUpDetector(config, with_attributes=False).state_dict()}
+    expected = {True: BottomUpDetector(config).state_dict(),
+                False: BottomUpDetector(config, with_attributes=False).state_dict()}
     for weights_format, cell_anchors in (("airsplay", False), ("airsplay", True), ("milvlg", False), ("milvlg", True)):
         for with_attributes, model_state in expected.items():
             published = to_published(model_state, weights_format, config.spec, cell_anchors=cell_anchors)
             converted = to_native(published, "auto", config.spec)
             report = compare_keys(converted.native, model_state)
-            assert report.ok and converted.with_attributes == with_attributes, (weights_format, cell_anchors, report.summary())
+            assert report.ok and converted.with_attributes == with_attributes, (weights_format, cell_anchors,
+                                                                                report.summary())
     assert tuple(expected[True][BOX + "cls_embedding.weight"].shape) == (1601, 2048 // 8)  # fast_rcnn.py lines 351-353

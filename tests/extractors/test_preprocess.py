@@ -46,7 +46,8 @@ def test_collate_pads_with_zeros_and_keeps_sizes():
     assert (batch.images[1, :, :40, :20] == items[1].tensor).all()
 
 
-@pytest.mark.parametrize("bad", [np.zeros((5, 5), np.uint8), np.zeros((5, 5, 4), np.uint8), np.zeros((5, 5, 3), np.float32)])
+@pytest.mark.parametrize("bad", [np.zeros((5, 5), np.uint8), np.zeros((5, 5, 4), np.uint8),
+                                 np.zeros((5, 5, 3), np.float32)])
 def test_prepare_rejects_non_rgb_uint8(bad):
     with pytest.raises(ValueError, match="uint8 RGB"):
         prepare_image(bad, ExtractorConfig())

@@ -73,7 +73,8 @@ def test_caffe_selects_on_proposals_in_original_pixels(photo):
 def test_airsplay_resize_is_detectron2s_pil_resize(photo):
     prepared = prepare_image(photo, AIRSPLAY)
     resized = ref.detectron2_resize(photo[:, :, ::-1].copy(), AIRSPLAY.test_short_side, AIRSPLAY.test_max_side)
-    np.testing.assert_array_equal(prepared.tensor.numpy(), (resized.astype(np.float32) - ref.CAFFE_MEANS_BGR).transpose(2, 0, 1))
+    np.testing.assert_array_equal(prepared.tensor.numpy(),
+                                  (resized.astype(np.float32) - ref.CAFFE_MEANS_BGR).transpose(2, 0, 1))
     (h, w), (new_h, new_w) = photo.shape[:2], resized.shape[:2]
     assert prepared.box_scale == (new_w / w, new_h / h)
     assert not np.array_equal(prepare_image(photo, BASE).tensor.numpy(), prepared.tensor.numpy())
@@ -101,7 +102,8 @@ def test_airsplay_proposals_follow_find_top_rpn_proposals(photo):
     flat_deltas = deltas[0, :, :fh, :fw].numpy().reshape(12, 4, fh, fw).transpose(2, 3, 0, 1).reshape(-1, 4)
     flat_logits = logits[0, :, :fh, :fw].numpy().transpose(1, 2, 0).reshape(-1)
     expected = ref.find_top_rpn_proposals(ref.detectron2_apply_deltas(flat_deltas, anchors), flat_logits, h, w,
-                                          AIRSPLAY.rpn_pre_nms_topk, AIRSPLAY.rpn_post_nms_topk, AIRSPLAY.rpn_nms_thresh)
+                                          AIRSPLAY.rpn_pre_nms_topk, AIRSPLAY.rpn_post_nms_topk,
+                                          AIRSPLAY.rpn_nms_thresh)
     np.testing.assert_allclose(proposals, expected, rtol=1e-5, atol=1e-3)
 
 
@@ -111,9 +113,11 @@ def _airsplay_head(arrays: dict[str, np.ndarray], pooled: np.ndarray):
     logits = pooled @ arrays[box + "cls_score.weight"].T + arrays[box + "cls_score.bias"]
     deltas = pooled @ arrays[box + "bbox_pred.weight"].T + arrays[box + "bbox_pred.bias"]
     embedded = arrays[box + "cls_embedding.weight"][logits.argmax(axis=1)]
-    hidden = np.maximum(np.concatenate([pooled, embedded], axis=1) @ arrays[box + "fc_attr.weight"].T + arrays[box + "fc_attr.bias"], 0)
+    hidden = np.maximum(np.concatenate([pooled, embedded], axis=1) @ arrays[box + "fc_attr.weight"].T
+                        + arrays[box + "fc_attr.bias"], 0)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return probs / probs.sum(axis=1, keepdims=True), deltas, hidden @ arrays[box + "attr_score.weight"].T + arrays[box + "attr_score.bias"]
+    return (probs / probs.sum(axis=1, keepdims=True), deltas,
+            hidden @ arrays[box + "attr_score.weight"].T + arrays[box + "attr_score.bias"])
 
 
 def test_airsplay_regions_follow_the_maxnms_script(photo, airsplay_file):

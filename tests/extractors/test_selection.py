@@ -29,7 +29,8 @@ PROBS = torch.tensor([
 ])
 
 
-def random_case(rng: np.random.Generator, regions: int, classes: int, ties: bool, peaked: bool) -> tuple[np.ndarray, np.ndarray]:
+def random_case(rng: np.random.Generator, regions: int, classes: int,
+                ties: bool, peaked: bool) -> tuple[np.ndarray, np.ndarray]:
     """Proposal-like boxes (clustered, some duplicated, integer corners when `ties`) and softmax scores."""
     centres = rng.uniform(0, 200, (max(1, regions // 4), 2))[rng.integers(0, max(1, regions // 4), regions)]
     centres = centres + rng.normal(0, 15, (regions, 2))
@@ -120,7 +121,8 @@ def test_selection_depends_on_the_coordinates_it_is_run_in():
 
 
 def test_no_proposals_gives_no_regions():
-    keep = select_regions(torch.zeros((0, 4)), torch.zeros((0, 3)), conf_thresh=0.2, nms_thresh=0.3, min_boxes=2, max_boxes=4)
+    keep = select_regions(torch.zeros((0, 4)), torch.zeros((0, 3)),
+                          conf_thresh=0.2, nms_thresh=0.3, min_boxes=2, max_boxes=4)
     assert keep.numel() == 0
 
 

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def config() -> ExtractorConfig:
-    return ExtractorConfig(backbone="R18-C4-demo", device="cpu", rpn_post_nms_topk=40, min_boxes=8, max_boxes=12, seed=7)
+    return ExtractorConfig(backbone="R18-C4-demo", device="cpu", rpn_post_nms_topk=40,
+                           min_boxes=8, max_boxes=12, seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +58,18 @@ def test_files_have_the_published_containers_and_layouts(published_files):
     pth = torch.load(published_files["milvlg"], weights_only=True)["model"]
     assert pth["proposal_generator.rpn_head.objectness_logits.weight"].shape[0] == 24
     assert pth["roi_heads.box_predictor.bbox_pred.weight"].shape[0] == 6404
-    assert "roi_heads.box_predictor.cls_embed.weight" in pth and "roi_heads.box_predictor.cls_embedding.weight" not in pth
-    assert "roi_heads.box_predictor.fc_attr.weight" in pkl["model"] and "roi_heads.box_predictor.attr_linear1.weight" not in pkl["model"]
+    assert ("roi_heads.box_predictor.cls_embed.weight" in pth
+            and "roi_heads.box_predictor.cls_embedding.weight" not in pth)
+    assert ("roi_heads.box_predictor.fc_attr.weight" in pkl["model"]
+            and "roi_heads.box_predictor.attr_linear1.weight" not in pkl["model"])
     assert detect_format(read_checkpoint(published_files["airsplay"])) == "airsplay"
     assert detect_format(read_checkpoint(published_files["milvlg"])) == "milvlg"
 
 
 def test_airsplay_layout_is_background_last_and_size_major(source_model, config):
     native = {k: v.clone() for k, v in source_model.state_dict().items()}
-    native["proposal_generator.rpn_head.objectness_logits.bias"] = torch.arange(12.0)  # ratio-major: 3 ratios x 4 scales
+    # ratio-major: 3 ratios x 4 scales
+    native["proposal_generator.rpn_head.objectness_logits.bias"] = torch.arange(12.0)
     published = to_published(native, "airsplay", config.spec)
     order = published["proposal_generator.rpn_head.objectness_logits.bias"].long().tolist()
     assert order == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]  # detectron2: for each size, each ratio
@@ -112,7 +116,8 @@ def test_r101_files_in_both_layouts_fit_with_zero_problems(tmp_path):
     assert (report.missing, report.unexpected, report.mismatched) == ([], [], [])
     tiny = ExtractorConfig(backbone="R101-C4-VG", weights=str(path), device="cpu", test_short_side=64, test_max_side=80)
     photo = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    out = build_detector(tiny)(collate_images([prepare_image(photo, tiny)]), [np.array([[4, 4, 40, 30]], np.float32)])[0]
+    out = build_detector(tiny)(collate_images([prepare_image(photo, tiny)]),
+                               [np.array([[4, 4, 40, 30]], np.float32)])[0]
     assert out.features.shape == (1, 2048) and np.isfinite(out.features).all()
     milvlg = to_published(model.state_dict(), "milvlg", spec_config.spec)
     milvlg = {k: v for k, v in milvlg.items()} | {"backbone.res4.0.conv1.norm.num_batches_tracked": torch.tensor(0)}
@@ -171,9 +176,11 @@ def test_url_download_is_cached_and_checksummed(tmp_path, published_files):
 def test_verify_weights_cli_counts_problems(published_files, capsys):
     from extractors.__main__ import main
 
-    assert main(["verify-weights", str(published_files["airsplay"]), "--backbone", "R18-C4-demo", "--format", "airsplay"]) == 0
+    assert main(["verify-weights", str(published_files["airsplay"]), "--backbone", "R18-C4-demo",
+                 "--format", "airsplay"]) == 0
     assert "missing: 0\nunexpected: 0\nshape-mismatched: 0" in capsys.readouterr().out
-    bad = subprocess.run([sys.executable, "-m", "extractors", "verify-weights", str(published_files["milvlg"]), "--backbone", "R50-C4"],
+    bad = subprocess.run([sys.executable, "-m", "extractors", "verify-weights",
+                          str(published_files["milvlg"]), "--backbone", "R50-C4"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1, bad.stderr
     counts = dict(line.split(": ", 1) for line in bad.stdout.splitlines()

@@ -25,8 +25,10 @@ REAL_CAPTIONS = {  # lines of the real fixtures -> NLTK word_tokenize(lower()) a
     "Two Rubbish men standing on they’re truck loading trash .":
         ["two", "rubbish", "men", "standing", "on", "they", "’", "re", "truck", "loading", "trash", "."],
     "A black dog and a tri-colored dog playing with each other on the road .":
-        ["a", "black", "dog", "and", "a", "tri-colored", "dog", "playing", "with", "each", "other", "on", "the", "road", "."],
-    "A man's hat, 37,000 fans... cannot stop": ["a", "man", "'s", "hat", ",", "37,000", "fans", "...", "can", "not", "stop"],
+        ["a", "black", "dog", "and", "a", "tri-colored", "dog", "playing",
+         "with", "each", "other", "on", "the", "road", "."],
+    "A man's hat, 37,000 fans... cannot stop":
+        ["a", "man", "'s", "hat", ",", "37,000", "fans", "...", "can", "not", "stop"],
     "Café naïve DÉJÀ vu.": ["café", "naïve", "déjà", "vu", "."],
 }
 
@@ -37,7 +39,8 @@ def test_tokenize_matches_word_tokenize(caption: str) -> None:
 
 
 def test_multi_sentence_captions_split_like_punkt() -> None:
-    assert split_sentences("a dog is running. it is happy!  is it? yes.") == ["a dog is running.", "it is happy!", "is it?", "yes."]
+    assert split_sentences("a dog is running. it is happy!  is it? yes.") == \
+        ["a dog is running.", "it is happy!", "is it?", "yes."]
     assert tokenize("A dog runs. A J.P. Morgan sign, Dr. Who.") == \
         ["a", "dog", "runs", ".", "a", "j.p.", "morgan", "sign", ",", "dr.", "who", "."]
     assert tokenize("the letter a. on a sign") == ["the", "letter", "a.", "on", "a", "sign"]  # initial, lower-case next
@@ -83,10 +86,12 @@ def test_build_counts_threshold_and_is_deterministic() -> None:
 
 @pytest.mark.parametrize("content, pattern", [
     ("{", r"not a JSON vocabulary"),
-    ('{"word2idx": {"<pad>": 0, "<start>": 1, "<end>": 2, "<unk>": 3, "a": 5}}', r"\(word2idx\): word ids must be 0..n-1"),
+    ('{"word2idx": {"<pad>": 0, "<start>": 1, "<end>": 2, "<unk>": 3, "a": 5}}',
+     r"\(word2idx\): word ids must be 0..n-1"),
     ('{"word2idx": {"a": 0, "<start>": 1, "<end>": 2, "<unk>": 3}}', r"\(word2idx\): a vocabulary starts with"),
     ('{"word2idx": {"<pad>": "0"}}', r"integer ids"),
-    ('{"word2idx": {"<pad>": 0, "<start>": 1, "<end>": 2, "<unk>": 3}, "idx2word": {"0": "x"}}', r"\(idx2word\): 'idx2word' disagrees"),
+    ('{"word2idx": {"<pad>": 0, "<start>": 1, "<end>": 2, "<unk>": 3}, "idx2word": {"0": "x"}}',
+     r"\(idx2word\): 'idx2word' disagrees"),
 ])
 def test_bad_vocab_files(tmp_path: Path, content: str, pattern: str) -> None:
     (tmp_path / "vocab.json").write_text(content)
@@ -108,7 +113,8 @@ def test_captions_parquet_round_trip(scan_vocab: Vocabulary, shared_data: Path, 
     assert pq.ParquetFile(path).metadata.num_row_groups == 6  # 330 captions in groups of 64
     table = read_captions(path)
     rows = table.to_pylist()
-    assert len(rows) == 330 and [f.name for f in table.schema] == ["image_id", "caption_index", "split", "raw", "token_ids"]
+    assert (len(rows) == 330
+            and [f.name for f in table.schema] == ["image_id", "caption_index", "split", "raw", "token_ids"])
     first = dataset.images[0]
     assert rows[0] == {"image_id": first.image_id, "caption_index": 0, "split": first.split, "raw": first.captions[0],
                        "token_ids": scan_vocab.encode(tokenize(first.captions[0]))}
@@ -120,7 +126,8 @@ def test_captions_parquet_round_trip(scan_vocab: Vocabulary, shared_data: Path, 
 
 def test_failed_write_keeps_the_previous_file(scan_vocab: Vocabulary, tmp_path: Path) -> None:
     from pipeline.datasets import Dataset, ImageRecord
-    good = Dataset("custom", tmp_path, (ImageRecord("a", tmp_path / "a.jpg", "a.jpg", "train", ("A dog .",)),), tmp_path)
+    good = Dataset("custom", tmp_path,
+                   (ImageRecord("a", tmp_path / "a.jpg", "a.jpg", "train", ("A dog .",)),), tmp_path)
     path = tmp_path / "captions.parquet"
     write_captions(good, scan_vocab, path)
     before = path.read_bytes()

@@ -28,7 +28,8 @@ def test_f8k_karpathy_subset_reads_splits_and_skips_images_in_no_split(shared_da
     assert [len(dataset.split(name)) for name in SPLITS] == [753, 113, 125]  # Karpathy "val" -> "dev"
     assert len(dataset.skipped) == 9 and all("no split" in item.reason for item in dataset.skipped)
     first = dataset.images[0]
-    assert (first.image_id, first.relpath, first.split) == ("1000268201_693b08cb0e", "1000268201_693b08cb0e.jpg", "train")
+    assert (first.image_id, first.relpath, first.split) == ("1000268201_693b08cb0e",
+                                                            "1000268201_693b08cb0e.jpg", "train")
     assert first.captions[0] == "A child in a pink dress is climbing up a set of stairs in an entry way ."
     assert len(first.captions) == 5 and first.path == folder.resolve() / "images" / first.relpath
     assert all(image.path.is_file() for image in dataset.images)
@@ -92,18 +93,21 @@ def _coco_layout(root: Path, shared_data: Path) -> None:
     folder = root / "coco"
     entries = []
     for number, (split, subdir, name) in enumerate(
-            [("train", "train2014", F8K_IMAGES[0]), ("restval", "val2014", F8K_IMAGES[1]), ("val", "val2014", F8K_IMAGES[2])]):
+            [("train", "train2014", F8K_IMAGES[0]), ("restval", "val2014", F8K_IMAGES[1]),
+             ("val", "val2014", F8K_IMAGES[2])]):
         (folder / "images" / subdir).mkdir(parents=True, exist_ok=True)
         shutil.copy(shared_data / "flickr8k" / "images" / name, folder / "images" / subdir / name)
         entries.append({"filepath": subdir, "filename": name, "imgid": number, "cocoid": 1000 + number, "split": split,
-                        "sentids": [number], "sentences": [{"raw": f"A photo {number} .", "tokens": ["a"], "sentid": number}]})
+                        "sentids": [number],
+                        "sentences": [{"raw": f"A photo {number} .", "tokens": ["a"], "sentid": number}]})
     (folder / "dataset_coco.json").write_text(json.dumps({"images": entries, "dataset": "coco"}))
 
 
 def test_coco_layout_ids_splits_and_registered_config(shared_data: Path, tmp_path: Path) -> None:
     _coco_layout(tmp_path, shared_data)
     config = registered_config("coco", tmp_path)
-    assert (config.image_dir, config.captions_file) == (tmp_path / "coco" / "images", tmp_path / "coco" / "dataset_coco.json")
+    assert (config.image_dir, config.captions_file) == (tmp_path / "coco" / "images",
+                                                        tmp_path / "coco" / "dataset_coco.json")
     dataset = load_dataset(config)
     assert [(r.image_id, r.relpath, r.split) for r in dataset.images] == [
         ("1000", f"train2014/{F8K_IMAGES[0]}", "train"), ("1001", f"val2014/{F8K_IMAGES[1]}", "train"),

@@ -12,7 +12,8 @@ from pipeline.datasets import load_dataset
 from pipeline.errors import InputError, MissingDataError
 
 
-def _entry(name: str = "a.jpg", split: str = "train", captions: tuple[str, ...] = ("A dog .",), **extra: object) -> dict:
+def _entry(name: str = "a.jpg", split: str = "train",
+           captions: tuple[str, ...] = ("A dog .",), **extra: object) -> dict:
     return {"filename": name, "split": split, "imgid": 0, "sentences": [{"raw": raw, "tokens": []} for raw in captions],
             **extra}
 
@@ -27,19 +28,25 @@ KARPATHY_CASES = {
     "latin-1 bytes": (b'{"images": [\n{"filename": "caf\xe9.jpg"}]}', r"\(line 2\): not UTF-8: byte 0xe9"),
     "not json": ('{"images": [', r"line 1, column \d+\): malformed JSON"),
     "no images key": (json.dumps({"imgs": []}), r"expected an object with an 'images' list"),
-    "missing filename": (json.dumps({"images": [{"split": "train", "sentences": []}]}), r"\(images\[0\]\): missing key 'filename'"),
+    "missing filename": (json.dumps({"images": [{"split": "train", "sentences": []}]}),
+                         r"\(images\[0\]\): missing key 'filename'"),
     "split not a string": (json.dumps({"images": [_entry(split=3)]}), r"\(images\[0\]\): 'split' must be str, got int"),
-    "unknown split": (json.dumps({"images": [_entry(), _entry("b.jpg", split="holdout")]}), r"\(images\[1\]\): unknown split 'holdout'"),
+    "unknown split": (json.dumps({"images": [_entry(), _entry("b.jpg", split="holdout")]}),
+                      r"\(images\[1\]\): unknown split 'holdout'"),
     "sentence without raw": (json.dumps({"images": [{**_entry(), "sentences": [{"tokens": []}]}]}),
                              r"\(images\[0\]\.sentences\[0\]\): missing key 'raw'"),
-    "raw not a string": (json.dumps({"images": [{**_entry(), "sentences": [{"raw": ["a"]}]}]}), r"'raw' must be str, got list"),
+    "raw not a string": (json.dumps({"images": [{**_entry(), "sentences": [{"raw": ["a"]}]}]}),
+                         r"'raw' must be str, got list"),
     "imgid a bool": (json.dumps({"images": [_entry(imgid=True)]}), r"'imgid' must be int or str, got bool"),
     "duplicate file": (json.dumps({"images": [_entry(), _entry(split="test")]}),
                        r"\(images\[1\]\): duplicate image id 'a' \(first at images\[0\]\)"),
-    "duplicate id": (json.dumps({"images": [_entry("x/a.jpg"), _entry("y/a.jpg")]}), r"\(images\[1\]\): duplicate image id 'a'"),
-    "escaping path": (json.dumps({"images": [_entry("../../etc/passwd")]}), r"\(images\[0\]\): path '../../etc/passwd' escapes"),
+    "duplicate id": (json.dumps({"images": [_entry("x/a.jpg"), _entry("y/a.jpg")]}),
+                     r"\(images\[1\]\): duplicate image id 'a'"),
+    "escaping path": (json.dumps({"images": [_entry("../../etc/passwd")]}),
+                      r"\(images\[0\]\): path '../../etc/passwd' escapes"),
     "absolute path": (json.dumps({"images": [_entry("/etc/passwd")]}), r"\(images\[0\]\): absolute path '/etc/passwd'"),
-    "escaping filepath": (json.dumps({"images": [_entry("passwd", filepath="../../etc")]}), r"escapes the dataset root"),
+    "escaping filepath": (json.dumps({"images": [_entry("passwd", filepath="../../etc")]}),
+                          r"escapes the dataset root"),
 }
 
 
@@ -61,7 +68,8 @@ def test_non_utf8_bytes_name_their_line(tmp_path: Path) -> None:
 TOKEN_CASES = {
     "no tab": ("1.jpg#0 A dog .\n", r"\(line 1\): expected 'image.jpg#k<TAB>caption'"),
     "no caption number": ("1.jpg\tA dog .\n", r"\(line 1\): expected 'image.jpg#k<TAB>caption'"),
-    "duplicate caption": ("1.jpg#0\tA dog .\n1.jpg#0\tA cat .\n", r"\(line 2\): duplicate caption '1.jpg#0' \(first on line 1\)"),
+    "duplicate caption": ("1.jpg#0\tA dog .\n1.jpg#0\tA cat .\n",
+                          r"\(line 2\): duplicate caption '1.jpg#0' \(first on line 1\)"),
     "escaping image": ("../x.jpg#0\tA dog .\n", r"\(line 1\): path '../x.jpg' escapes"),
 }
 
@@ -83,21 +91,26 @@ def test_split_lists_must_name_known_images_once(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"train.txt \(line 2\): image '3' has no captions in bad.token"):
         _load(tmp_path, "bad.token", token)
     (tmp_path / "train.txt").write_text("2\n1\n")
-    with pytest.raises(InputError, match=r"test.txt \(line 1\): image '1.jpg' is listed twice \(first in train.txt line 2\)"):
+    with pytest.raises(InputError, match=r"test.txt \(line 1\): image '1.jpg' is listed twice "
+                                         r"\(first in train.txt line 2\)"):
         _load(tmp_path, "bad.token", token)
 
 
 CUSTOM_CASES = {
     "csv header": ("captions.csv", "file,text\na.jpg,A dog .\n", r"captions.csv \(line 1\): header must name columns"),
     "csv short row": ("captions.csv", "image,caption,split\na.jpg\n", r"captions.csv \(line 2\): expected 3 columns"),
-    "csv long row": ("captions.csv", "image,caption\na.jpg,A dog .,x\n", r"captions.csv \(line 2\): expected 2 columns"),
+    "csv long row": ("captions.csv", "image,caption\na.jpg,A dog .,x\n",
+                     r"captions.csv \(line 2\): expected 2 columns"),
     "csv split conflict": ("captions.csv", "image,caption,split\na.jpg,A,train\na.jpg,B,test\n",
                            r"\(line 3\): image 'a.jpg' is in split 'test' here but 'train' at line 2"),
     "csv unknown split": ("captions.csv", "image,caption,split\na.jpg,A,val2\n", r"\(line 2\): unknown split 'val2'"),
-    "jsonl bad json": ("captions.jsonl", '{"image": "a.jpg", "caption": "A"}\n{"image": \n', r"\(line 2\): malformed JSON"),
+    "jsonl bad json": ("captions.jsonl", '{"image": "a.jpg", "caption": "A"}\n{"image": \n',
+                       r"\(line 2\): malformed JSON"),
     "jsonl not object": ("captions.jsonl", '["a.jpg", "A"]\n', r"\(line 1\): a line must be dict, got list"),
-    "jsonl caption type": ("captions.jsonl", '{"image": "a.jpg", "caption": 5}\n', r"\(line 1\): 'caption' must be str, got int"),
-    "jsonl escaping": ("captions.jsonl", '{"image": "../../etc/passwd", "caption": "A"}\n', r"\(line 1\): path '../../etc/passwd' escapes"),
+    "jsonl caption type": ("captions.jsonl", '{"image": "a.jpg", "caption": 5}\n',
+                           r"\(line 1\): 'caption' must be str, got int"),
+    "jsonl escaping": ("captions.jsonl", '{"image": "../../etc/passwd", "caption": "A"}\n',
+                       r"\(line 1\): path '../../etc/passwd' escapes"),
 }
 
 
@@ -109,11 +122,13 @@ def test_malformed_custom_captions(tmp_path: Path, case: str) -> None:
 
 
 def test_empty_captions_are_skipped_and_recorded(tmp_path: Path) -> None:
-    content = json.dumps({"images": [_entry("a.jpg", captions=("A dog .", "   ", "")), _entry("b.jpg", captions=(" ",))]})
+    content = json.dumps({"images": [_entry("a.jpg", captions=("A dog .", "   ", "")),
+                                     _entry("b.jpg", captions=(" ",))]})
     dataset = _load(tmp_path, "data.json", content)
     assert [(r.relpath, r.captions) for r in dataset.images] == [("a.jpg", ("A dog .",))]
     assert [(s.location, s.reason) for s in dataset.skipped] == [
-        ("images[0].sentences[1]", "empty caption for 'a.jpg'"), ("images[0].sentences[2]", "empty caption for 'a.jpg'"),
+        ("images[0].sentences[1]", "empty caption for 'a.jpg'"),
+        ("images[0].sentences[2]", "empty caption for 'a.jpg'"),
         ("images[1].sentences[0]", "empty caption for 'b.jpg'"), ("images[1]", "'b.jpg' has no non-empty caption")]
 
 

@@ -126,9 +126,12 @@ def test_captions_name_every_object_and_nothing_else(demo: tuple[Path, dict]) ->
             assert all(m["size"] in (None, objects[m["color"], m["shape"]]["size"]) for m in mentions), sentence["raw"]
             assert all(count == len(objects) for count in counts), sentence["raw"]
             for first, relation, second in relations:
-                (ax, ay), (bx, by) = (centre(objects[mentions[k]["color"], mentions[k]["shape"]]["box"]) for k in (first, second))
-                holds = {"left": ax < bx and abs(bx - ax) > abs(by - ay), "right": ax > bx and abs(bx - ax) > abs(by - ay),
-                         "above": ay < by and abs(by - ay) > abs(bx - ax), "below": ay > by and abs(by - ay) > abs(bx - ax)}
+                (ax, ay), (bx, by) = (centre(objects[mentions[k]["color"], mentions[k]["shape"]]["box"])
+                                      for k in (first, second))
+                holds = {"left": ax < bx and abs(bx - ax) > abs(by - ay),
+                         "right": ax > bx and abs(bx - ax) > abs(by - ay),
+                         "above": ay < by and abs(by - ay) > abs(bx - ax),
+                         "below": ay > by and abs(by - ay) > abs(bx - ax)}
                 assert holds[relation], sentence["raw"]
 
 

@@ -22,9 +22,11 @@ def make_record(image_id: str, seed: int, k: int | None = None, d: int = D) -> R
                         image_hw=(int(rng.integers(100, 500)), int(rng.integers(100, 500))))
 
 
-def build_store(store_dir: Path, n_images: int, shard_size: int, *, feature_dtype: str = "float16") -> list[RegionRecord]:
+def build_store(store_dir: Path, n_images: int, shard_size: int,
+                *, feature_dtype: str = "float16") -> list[RegionRecord]:
     """Extract-like run: init, plan, write every planned shard, commit. Returns the records."""
-    init_store(store_dir, StoreInfo(feature_dim=D, max_boxes=K, feature_dtype=feature_dtype, extractor={"name": "test"}))
+    init_store(store_dir, StoreInfo(feature_dim=D, max_boxes=K, feature_dtype=feature_dtype,
+                                    extractor={"name": "test"}))
     images = [(f"img{i}", f"images/img{i}.jpg", f"sha{i}") for i in range(n_images)]
     records = {image_id: make_record(image_id, seed) for seed, (image_id, _, _) in enumerate(images)}
     for plan in plan_shards(images, store_dir, shard_size):

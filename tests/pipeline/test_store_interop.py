@@ -23,7 +23,8 @@ def _b64(array: np.ndarray) -> str:
 def _write_tsv(path: Path, records, *, airsplay: bool) -> None:
     """As generate_tsv.py (Caffe) / py-bottom-up-attention (airsplay) do: DictWriter, tab, no header."""
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, delimiter="\t", fieldnames=AIRSPLAY_TSV_COLUMNS if airsplay else CAFFE_TSV_COLUMNS)
+        writer = csv.DictWriter(handle, delimiter="\t",
+                                fieldnames=AIRSPLAY_TSV_COLUMNS if airsplay else CAFFE_TSV_COLUMNS)
         for r in records:
             h, w = r.image_hw
             if airsplay:
@@ -40,7 +41,8 @@ def _write_tsv(path: Path, records, *, airsplay: bool) -> None:
 def test_butd_tsv_round_trip(tmp_path: Path, airsplay: bool) -> None:
     records = [make_record(f"{391895 + i}", seed=i) for i in range(7)]
     _write_tsv(tmp_path / "feats.tsv", records, airsplay=airsplay)
-    import_records(read_butd_tsv(tmp_path / "feats.tsv"), tmp_path / "store", max_boxes=K, shard_size=3, source="feats.tsv")
+    import_records(read_butd_tsv(tmp_path / "feats.tsv"), tmp_path / "store",
+                   max_boxes=K, shard_size=3, source="feats.tsv")
     store = StoreReader(tmp_path / "store")
     assert store.image_ids == [r.image_id for r in records]
     for want in records:

@@ -71,7 +71,8 @@ def test_reader_in_a_dataloader_with_two_workers(store_dir: Path, context: str) 
     store = StoreReader(store_dir)
     store.read([0, 6, 12])  # parent opens handles before the workers fork
     sampler = BatchSampler(RandomSampler(range(len(store)), generator=torch.Generator().manual_seed(0)), 4, False)
-    loader = DataLoader(_Batches(store), sampler=sampler, batch_size=None, num_workers=2, multiprocessing_context=context)
+    loader = DataLoader(_Batches(store), sampler=sampler, batch_size=None, num_workers=2,
+                        multiprocessing_context=context)
     seen = []
     for features, num_boxes, indices, opened_here in loader:
         assert opened_here, "the worker must use its own handles"

@@ -90,7 +90,8 @@ def test_store_refuses_a_shard_from_another_config(tmp_path: Path) -> None:
         ShardWriter(shard_path(tmp_path, 0), max_boxes=K, feature_dim=D,
                     attrs={"extractor": {"name": "test"}, "weights_sha256": "bb"}).__enter__()
     with pytest.raises(InputError, match="extractor, max_boxes"):
-        init_store(tmp_path, StoreInfo(feature_dim=D, max_boxes=K + 1, extractor={"name": "other"}, weights_sha256="aa"))
+        init_store(tmp_path, StoreInfo(feature_dim=D, max_boxes=K + 1, extractor={"name": "other"},
+                                       weights_sha256="aa"))
     assert read_store_info(tmp_path).weights_sha256 == "aa"
     assert list((tmp_path / "shards").iterdir()) == []
 

@@ -69,13 +69,17 @@ KARPATHY_ERRORS = {
     "unknown split": (_edit(_set(("images", 1, "split"), "validation")), "unknown split 'validation'", "images[1]"),
     "split is null": (_edit(_set(("images", 1, "split"), None)), "'split' must be str", "images[1]"),
     "missing sentences": (_edit(_delete(("images", 0, "sentences"))), "missing key 'sentences'", "images[0]"),
-    "raw is a number": (_edit(_set(("images", 0, "sentences", 1, "raw"), 3)), "'raw' must be str", "images[0].sentences[1]"),
-    "sentence is a string": (_edit(_set(("images", 0, "sentences", 0), "a dog")), "must be dict", "images[0].sentences[0]"),
+    "raw is a number": (_edit(_set(("images", 0, "sentences", 1, "raw"), 3)),
+                        "'raw' must be str", "images[0].sentences[1]"),
+    "sentence is a string": (_edit(_set(("images", 0, "sentences", 0), "a dog")),
+                             "must be dict", "images[0].sentences[0]"),
     "imgid is a bool": (_edit(_set(("images", 0, "imgid"), True)), "'imgid' must be int or str", "images[0]"),
     "duplicate file": (_edit(_set(("images", 1, "filename"), "a.jpg")), "duplicate image", "images[1]"),
-    "path escapes the root": (_edit(_set(("images", 0, "filename"), "../../etc/passwd")), "escapes the dataset root", "images[0]"),
+    "path escapes the root": (_edit(_set(("images", 0, "filename"), "../../etc/passwd")),
+                              "escapes the dataset root", "images[0]"),
     "absolute path": (_edit(_set(("images", 0, "filename"), "/etc/passwd")), "absolute path", "images[0]"),
-    "folder escapes the root": (_edit(_set(("images", 0, "filepath"), "../..")), "escapes the dataset root", "images[0]"),
+    "folder escapes the root": (_edit(_set(("images", 0, "filepath"), "../..")),
+                                "escapes the dataset root", "images[0]"),
     "NUL in path": (_edit(_set(("images", 0, "filename"), "a\x00.jpg")), "invalid image path", "images[0]"),
     "empty path": (_edit(_set(("images", 0, "filename"), "")), "invalid image path", "images[0]"),
     "duplicate id": (_edit(lambda d: d["images"].append({**d["images"][0], "filepath": "sub"})),
@@ -96,7 +100,8 @@ def test_karpathy_json_errors_name_file_place_and_problem(tmp_path, case) -> Non
 
 def test_non_utf8_bytes_are_located(tmp_path) -> None:
     source = _karpathy(tmp_path, GOOD)
-    source.write_bytes(source.read_bytes().replace(b"Two cats", b"Two \xff\xfe cats").replace(b'{"filename": "b', b'\n{"filename": "b'))
+    source.write_bytes(source.read_bytes().replace(b"Two cats", b"Two \xff\xfe cats")
+                       .replace(b'{"filename": "b', b'\n{"filename": "b'))
     with pytest.raises(InputError, match=r"not UTF-8: byte 0xff") as raised:
         load_dataset(registered_config("f8k", tmp_path))
     assert raised.value.location == "line 2"
@@ -114,7 +119,8 @@ def test_empty_and_whitespace_captions_are_skipped_and_recorded(tmp_path) -> Non
 
 
 def test_unknown_image_is_an_error_or_a_recorded_skip(tmp_path) -> None:
-    _karpathy(tmp_path, _edit(lambda d: d["images"].append({"filename": "ghost.jpg", "split": "test", "sentences": [{"raw": "x"}]})))
+    _karpathy(tmp_path, _edit(lambda d: d["images"].append({"filename": "ghost.jpg", "split": "test",
+                                                            "sentences": [{"raw": "x"}]})))
     with pytest.raises(MissingDataError, match="1 of 3 images .* absent .*ghost.jpg"):
         load_dataset(registered_config("f8k", tmp_path))
     dataset = load_dataset(registered_config("f8k", tmp_path, missing_images="skip"))
@@ -178,12 +184,16 @@ GOOD_LISTS = {"train": "1.jpg\n", "dev": "2.jpg\n", "test": ""}
 TOKEN_ERRORS = {
     "no tab": (b"1.jpg#0 A dog .\n", GOOD_LISTS, "Flickr8k.token.txt", "expected 'image.jpg#k<TAB>caption'", "line 1"),
     "no caption number": (b"1.jpg\tA dog .\n", GOOD_LISTS, "Flickr8k.token.txt", "expected 'image.jpg#k", "line 1"),
-    "duplicate caption": (GOOD_TOKENS + b"1.jpg#1\tagain\n", GOOD_LISTS, "Flickr8k.token.txt", "duplicate caption", "line 4"),
-    "not UTF-8": (GOOD_TOKENS.replace(b"a cat", b"a \xc3 cat"), GOOD_LISTS, "Flickr8k.token.txt", "not UTF-8", "line 3"),
-    "listed twice": (GOOD_TOKENS, {**GOOD_LISTS, "test": "1.jpg\n"}, "Flickr_8k.testImages.txt", "listed twice", "line 1"),
+    "duplicate caption": (GOOD_TOKENS + b"1.jpg#1\tagain\n", GOOD_LISTS, "Flickr8k.token.txt",
+                          "duplicate caption", "line 4"),
+    "not UTF-8": (GOOD_TOKENS.replace(b"a cat", b"a \xc3 cat"), GOOD_LISTS, "Flickr8k.token.txt",
+                  "not UTF-8", "line 3"),
+    "listed twice": (GOOD_TOKENS, {**GOOD_LISTS, "test": "1.jpg\n"}, "Flickr_8k.testImages.txt",
+                     "listed twice", "line 1"),
     "listed without captions": (GOOD_TOKENS, {**GOOD_LISTS, "test": "\n3.jpg\n"}, "Flickr_8k.testImages.txt",
                                 "has no captions", "line 2"),
-    "escaping name": (b"../../x.jpg#0\tA dog .\n", {"train": "x.jpg\n", "dev": "", "test": ""}, "Flickr8k.token.txt", "escapes the dataset root", "line 1"),
+    "escaping name": (b"../../x.jpg#0\tA dog .\n", {"train": "x.jpg\n", "dev": "", "test": ""}, "Flickr8k.token.txt",
+                      "escapes the dataset root", "line 1"),
 }
 
 
@@ -216,13 +226,18 @@ def _custom(root: Path, name: str, text: str) -> Path:
 
 CUSTOM_ERRORS = {
     "csv without caption column": ("captions.csv", "image,text\nx.jpg,a dog\n", "missing caption", "line 1"),
-    "csv row with extra cells": ("captions.csv", "image,caption\nx.jpg,a dog\nx.jpg,a,dog\n", "expected 2 columns", "line 3"),
+    "csv row with extra cells": ("captions.csv", "image,caption\nx.jpg,a dog\nx.jpg,a,dog\n",
+                                 "expected 2 columns", "line 3"),
     "csv row too short": ("captions.csv", "image,caption\nx.jpg\n", "expected 2 columns", "line 2"),
-    "csv conflicting splits": ("captions.csv", "image,caption,split\nx.jpg,a,train\nx.jpg,b,test\n", "in split 'test' here", "line 3"),
-    "csv unknown split": ("captions.csv", "image,caption,split\nx.jpg,a,holdout\n", "unknown split 'holdout'", "line 2"),
+    "csv conflicting splits": ("captions.csv", "image,caption,split\nx.jpg,a,train\nx.jpg,b,test\n",
+                               "in split 'test' here", "line 3"),
+    "csv unknown split": ("captions.csv", "image,caption,split\nx.jpg,a,holdout\n",
+                          "unknown split 'holdout'", "line 2"),
     "csv escaping path": ("captions.csv", "image,caption\n../x.jpg,a dog\n", "escapes the dataset root", "line 2"),
-    "jsonl malformed line": ("captions.jsonl", '{"image": "x.jpg", "caption": "a"}\n{"image": \n', "malformed JSON", "line 2"),
-    "jsonl caption is a number": ("captions.jsonl", '{"image": "x.jpg", "caption": 5}\n', "'caption' must be str", "line 1"),
+    "jsonl malformed line": ("captions.jsonl", '{"image": "x.jpg", "caption": "a"}\n{"image": \n',
+                             "malformed JSON", "line 2"),
+    "jsonl caption is a number": ("captions.jsonl", '{"image": "x.jpg", "caption": 5}\n',
+                                  "'caption' must be str", "line 1"),
     "jsonl line is a list": ("captions.jsonl", '["x.jpg", "a dog"]\n', "a line must be dict", "line 1"),
     "jsonl missing image": ("captions.jsonl", '{"caption": "a dog"}\n', "missing key 'image'", "line 1"),
     "jsonl absolute path": ("captions.jsonl", '{"image": "/etc/passwd", "caption": "a"}\n', "absolute path", "line 1"),

@@ -76,7 +76,8 @@ def test_nan_and_inf_features_are_refused_on_write_and_found_on_disk(store, valu
             writer.append(region_record("fine", np.random.default_rng(2)))
             writer.append(record)
     assert raised.value.location == "image 'bad'"
-    assert {path.name: path.read_bytes() for path in (store / "shards").iterdir()} == before  # nothing published or left
+    assert {path.name: path.read_bytes()
+            for path in (store / "shards").iterdir()} == before  # nothing published or left
     with h5py.File(_shard(store), "r+") as handle:
         handle["features"][1, 0, 0] = value
     assert "image 'img1' (row 1) contain NaN or Inf" in _problems(store)

@@ -88,7 +88,8 @@ def _rows(store: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 5])  # kill after 0 and 2 published shards (of 3)
-def test_extraction_killed_at_a_random_point_resumes_to_an_identical_store(tmp_path, extraction, detector, seed) -> None:
+def test_extraction_killed_at_a_random_point_resumes_to_an_identical_store(tmp_path, extraction,
+                                                                           detector, seed) -> None:
     images, reference = extraction
     rng = random.Random(seed)
     published_before_kill, delay = rng.randrange(3), rng.uniform(0.0, 0.05)
@@ -151,7 +152,8 @@ def training(tmp_path_factory) -> tuple[Path, Callable[[Path], Path], Path]:
 
 def _same_training_state(left: Path, right: Path) -> None:
     a, b = (torch.load(path, weights_only=True) for path in (left, right))
-    assert (a["epoch"], a["step"], a["best_epoch"], a["history"]) == (b["epoch"], b["step"], b["best_epoch"], b["history"])
+    assert ((a["epoch"], a["step"], a["best_epoch"], a["history"])
+            == (b["epoch"], b["step"], b["best_epoch"], b["history"]))
     assert a["model"].keys() == b["model"].keys()
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
@@ -176,7 +178,8 @@ def test_training_killed_at_a_random_point_resumes_to_the_same_model(tmp_path, t
     path = job(out_dir)
     process = subprocess.Popen([sys.executable, "-m", "models", "train", "--config", str(path)], cwd=REPO_ROOT,
                                env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _kill_when(process, lambda: (out_dir / "tensorboard").is_dir() and _epochs_done(out_dir) >= epochs_before_kill, delay)
+    _kill_when(process, lambda: (out_dir / "tensorboard").is_dir() and _epochs_done(out_dir) >= epochs_before_kill,
+               delay)
     assert _epochs_done(out_dir) < 4
     run_train_job(path)
     _same_training_state(out_dir / LAST_CHECKPOINT, reference / LAST_CHECKPOINT)

@@ -110,7 +110,8 @@ def test_butd_tsv(data: bytes) -> None:
 
 vocab_documents = st.fixed_dictionaries(
     {"word2idx": st.one_of(st.dictionaries(st.sampled_from(("<pad>", "<start>", "<end>", "<unk>", "a", "b")),
-                                           st.one_of(st.integers(-1, 6), st.booleans(), st.text(max_size=2)), max_size=7),
+                                           st.one_of(st.integers(-1, 6), st.booleans(), st.text(max_size=2)),
+                                           max_size=7),
                            json_values(("a",)))},
     optional={"idx2word": json_values(("0", "1", "2", "3", "4")), "idx": scalars})
 

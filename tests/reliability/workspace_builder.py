@@ -64,7 +64,8 @@ def build_workspace(root: Path) -> dict[str, Path]:
     vocab.save_scan_json(folders["vocab"] / "vocab.json")
     images = tuple(ImageRecord(f"img{i}", root / f"img{i}.jpg", f"img{i}.jpg", "train", ("A dog runs.", "a cat sits"))
                    for i in range(4))
-    write_captions(Dataset("demo", root, images, root / "captions.json"), vocab, folders["captions"] / "captions.parquet")
+    write_captions(Dataset("demo", root, images, root / "captions.json"), vocab,
+                   folders["captions"] / "captions.parquet")
     build_store(folders["store"] / "store")
     save_checkpoint(folders["model"] / "model_best.pth", len(vocab))
     _mark(folders["vocab"], [])

@@ -14,7 +14,8 @@ from workflows.params import config_of, config_parameters
 
 
 @config_parameters(ModelConfig, exclude=("img_dim",))
-@config_parameters(TrainConfig, prefix="train_", rename={"workers": "loader_workers"}, insignificant=("workers", "device"))
+@config_parameters(TrainConfig, prefix="train_", rename={"workers": "loader_workers"},
+                   insignificant=("workers", "device"))
 class _Params(luigi.Task):
     pass
 

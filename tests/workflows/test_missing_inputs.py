@@ -17,7 +17,8 @@ from workflows import FeatureStore
     ("coco", "coco/dataset_coco.json", "cocodataset.org"),
 ])
 def test_absent_dataset_exits_with_missing_data_code_and_a_hint(dataset: str, missing: str, hint: str, tmp_path: Path,
-                                                                workspace: Path, caplog: pytest.LogCaptureFixture) -> None:
+                                                                workspace: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="luigi-interface")
     with pytest.raises(SystemExit) as exit_info:
         luigi.retcodes.run_with_retcodes(["--module", "workflows", "TrainSCAN", "--dataset", dataset,
