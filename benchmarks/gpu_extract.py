@@ -6,7 +6,8 @@ quality against float32 on the same photos, in one command (a few minutes of GPU
     .venv/bin/python benchmarks/gpu_extract.py --device cpu --quick   # R18-C4-demo, 96 px, batch 1 and 2 (a check)
 
 Weights: the stand-in (extractors.standin: the published layout, seeded, calibrated on one real photo so that
-activations and class scores look trained) unless --weights. Photos: ../shared/data f30k_mini, then Flickr8k.
+activations and class scores look trained) unless --weights. Photos: ../shared/data f30k_mini, then Flickr8k,
+or --images DIR.
 Ratios are against float32 at batch 1 measured in the same run. Quality: the regions of the largest batch
 in each reduced precision against float32's (boxes matched at IoU >= 0.9, feature cosine).
 """
