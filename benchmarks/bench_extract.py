@@ -6,6 +6,12 @@
 Stages (add one by writing `stage_<name>(args)` and listing it in STAGES):
   overhead   files -> store (decoding in DataLoader workers, HDF5 writes, manifest) against the bare
              detector forward on the same images already decoded. Target: overhead <= 10 %.
+  speed      R101-C4-VG at 600/1000 px, 300 proposals, 36 boxes: today's float32 path against each faster
+             setting on the same photos (interleaved, ratios per round), the quality of each against float32
+             (boxes matched at IoU >= 0.9, feature cosine), and the per-stage time (benchmarks/extract_speed.py).
+  quality    bf16 autocast against the float32 default, R101-C4-VG at the standard size on real photos (stand-in
+             weights): boxes matched at IoU >= 0.9 and feature cosine, photo by photo (bf16 is emulated, and slow,
+             on CPUs without bf16 instructions). Targets: >= 95 % matched, mean cosine >= 0.995.
   selection  caffe region selection (per-class NMS over 300 proposals x 1601 classes) against a
              numpy loop of Caffe's per-class `py_cpu_nms`, as generate_tsv.py runs it, on the same
              inputs; outputs must be identical. Target: >= 10x faster and <= 100 ms per image.
@@ -13,6 +19,7 @@ Stages (add one by writing `stage_<name>(args)` and listing it in STAGES):
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,14 +28,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from extractors.config import ExtractorConfig
-from extractors.detector import build_detector
-from extractors.extract import InProcessRunner, RunConfig, extract_dataset
-from extractors.images import decode_image
-from extractors.loader import ImageFile
-from extractors.preprocess import collate_images, prepare_image
-from extractors.selection import select_regions
-from pipeline.store import StoreConfig
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from extractors.config import ExtractorConfig  # noqa: E402
+from extractors.detector import build_detector  # noqa: E402
+from extractors.extract import InProcessRunner, RunConfig, extract_dataset  # noqa: E402
+from extractors.images import decode_image  # noqa: E402
+from extractors.loader import ImageFile  # noqa: E402
+from extractors.preprocess import collate_images, prepare_image  # noqa: E402
+from extractors.selection import select_regions  # noqa: E402
+from pipeline.store import StoreConfig  # noqa: E402
+from benchmarks.extract_speed import add_arguments as add_speed_arguments  # noqa: E402
+from benchmarks.extract_speed import stage_quality, stage_speed  # noqa: E402
 
 PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flickr8k" / "images"
 
@@ -60,12 +71,14 @@ def end_to_end_seconds(detector, config: ExtractorConfig, images: list[ImageFile
 
 def stage_overhead(args: argparse.Namespace) -> None:
     count, rounds = (8, 2) if args.quick else (32, 3)
+    count, rounds = args.overhead_photos or count, args.overhead_rounds or rounds
     paths = sorted(PHOTOS.glob("*.jpg"))[:count]
     if len(paths) < count:
         raise SystemExit(f"need {count} photos in {PHOTOS.resolve()}")
     images = [ImageFile(path.stem, path, path.name) for path in paths]
+    boxes = {"min_boxes": args.boxes, "max_boxes": args.boxes} if args.boxes else {}
     config = ExtractorConfig(backbone=args.backbone, device="cpu", batch_size=args.batch_size,
-                                        rpn_post_nms_topk=args.proposals)
+                             rpn_post_nms_topk=args.proposals, **boxes)
     detector = build_detector(config)
     detector(collate_images([prepare_image(decode_image(paths[0]), config)]))  # warm-up
     forward, total = [], []
@@ -163,7 +176,8 @@ def stage_selection(args: argparse.Namespace) -> None:
     print("targets: >= 10x the numpy loop, <= 100 ms per image")
 
 
-STAGES: dict[str, Callable[[argparse.Namespace], None]] = {"overhead": stage_overhead, "selection": stage_selection}
+STAGES: dict[str, Callable[[argparse.Namespace], None]] = {"overhead": stage_overhead, "selection": stage_selection,
+                                                           "speed": stage_speed, "quality": stage_quality}
 
 
 def main() -> None:
@@ -175,6 +189,13 @@ def main() -> None:
                         help="overhead: RPN proposals per image (the preset's 300 make one R18 image take ~20 s on 2 cores).")
     parser.add_argument("--workers", type=int, default=2, help="overhead: DataLoader decoding processes.")
     parser.add_argument("--batch-size", type=int, default=4, help="overhead: images per forward pass.")
+    parser.add_argument("--overhead-photos", type=int, default=0,
+                        help="overhead: Flickr8k photos (default 32; quick 8).")
+    parser.add_argument("--overhead-rounds", type=int, default=0,
+                        help="overhead: interleaved rounds (default 3; quick 2).")
+    parser.add_argument("--boxes", type=int, default=0,
+                        help="overhead: regions per image (min = max); default the preset's.")
+    add_speed_arguments(parser)
     args = parser.parse_args()
     for name in args.stage or list(STAGES):
         STAGES[name](args)

@@ -9,15 +9,24 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from extractors.precision import resolve_amp_dtype
+from pipeline.devices import resolve_device
+
 WEIGHT_FORMATS = ("auto", "airsplay", "milvlg")
 # How the detector is fetched and run, not what it computes: left out of a store's identity, so the same
 # weights by another path, or another batch size or device, extend the same store.
-RUNTIME_FIELDS = ("weights", "weights_sha256", "cache_dir", "batch_size", "device")
+# batch_size and roi_batch_size only split the work: the same regions, features equal to float32 rounding (tested).
+RUNTIME_FIELDS = ("weights", "weights_sha256", "cache_dir", "batch_size", "roi_batch_size", "device")
 # How proposals, boxes and regions are computed around the same network (see README, "Recipes"):
 # caffe = bottom-up-attention's generate_tsv.py (and MILVLG); airsplay = py-bottom-up-attention's
 # detectron2 pipeline (demo/detectron2_mscoco_proposal_maxnms.py, attributes as in its attr demo).
 RECIPES = ("caffe", "airsplay")
-AMP_DTYPES = ("", "fp16", "bf16")
+AMP_DTYPES = ("", "fp16", "bf16", "auto")
+# Proposals per res5 pass on the CPU when roi_batch_size is 0: the activations of a few proposals stay in
+# the cache (bench_extract.py --stage speed: 300 at once is slower by about a third).
+CPU_ROI_BATCH = 16
+# On a GPU, as many as fit comfortably: 1024 proposals are ~1.6 GB of float32 res5 activations per tensor.
+GPU_ROI_BATCH = 1024
 CAFFE_PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
 
 
@@ -101,9 +110,14 @@ class ExtractorConfig:
     test_max_side: Optional[int] = field(default=None, metadata={
         "help": "Cap the longer image side at this many pixels; default: the backbone preset's (1000; demo 160)."})
     batch_size: int = field(default=1, metadata={"help": "Images per forward pass (zero-padded to the largest)."})
+    roi_batch_size: int = field(default=0, metadata={
+        "help": f"Proposals per pass through the res5 box head; 0 = {CPU_ROI_BATCH} on the CPU (cache-sized), "
+                f"{GPU_ROI_BATCH} on a GPU. Changes features only at float32 rounding, like batch_size."})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N."})
     amp_dtype: str = field(default="", metadata={
-        "help": "Autocast on GPU: '' (float32) | fp16 | bf16.", "choices": AMP_DTYPES})
+        "help": "Reduced precision: '' (float32) | bf16 (GPU, or a CPU with AVX-512 BF16 / AMX) | fp16 (GPU) | "
+                "auto (bf16 where the hardware has it, else float32). Resolved when the config is made and "
+                "recorded as resolved, so stores of different precision never mix.", "choices": AMP_DTYPES})
     seed: int = field(default=0, metadata={"help": "Seed of the random init used when no weights are given."})
 
     def __post_init__(self) -> None:
@@ -118,15 +132,17 @@ class ExtractorConfig:
         if self.weights_format not in WEIGHT_FORMATS:
             raise ValueError(f"weights_format={self.weights_format!r}; expected one of {', '.join(WEIGHT_FORMATS)}")
         if self.amp_dtype not in AMP_DTYPES:
-            raise ValueError(f"amp_dtype={self.amp_dtype!r}; expected '', fp16 or bf16")
+            raise ValueError(f"amp_dtype={self.amp_dtype!r}; expected '', fp16, bf16 or auto")
+        object.__setattr__(self, "amp_dtype", resolve_amp_dtype(self.amp_dtype, resolve_device(self.device)))
         if not 1 <= self.min_boxes <= self.max_boxes:
             raise ValueError(f"min_boxes={self.min_boxes}, max_boxes={self.max_boxes}; "
                              "need 1 <= min_boxes <= max_boxes")
         if self.test_short_side < 1 or self.test_max_side < self.test_short_side:
             raise ValueError(f"test_short_side={self.test_short_side}, test_max_side={self.test_max_side}; "
                              "need 1 <= short <= max")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size}; expected a positive number")
+        if self.batch_size < 1 or self.roi_batch_size < 0:
+            raise ValueError(f"batch_size={self.batch_size}, roi_batch_size={self.roi_batch_size}; "
+                             "expected >= 1 and >= 0")
 
     @property
     def spec(self) -> BackboneSpec:

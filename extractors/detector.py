@@ -14,21 +14,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from extractors.backbone import ResNetC4
+from extractors.backbone import ResNetC4, fuse_norms
 from extractors.config import ExtractorConfig
+from extractors.precision import autocast
 from extractors.preprocess import ImageBatch
 from extractors.regions import REGION_RULES, DetectorOutput, ImageRegions, describe
 from extractors.roi_heads import RegionPredictions, Res5ROIHeads
 from extractors.rpn import ProposalSettings, RegionProposalNetwork
+from extractors.timing import StageClock, maybe_stage
 from extractors.weights import load_converted, read_weights
 from pipeline.devices import resolve_device
 
 __all__ = ["BottomUpDetector", "DetectorOutput", "build_detector"]
-
-AMP_TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-
 
 class BottomUpDetector(nn.Module):
     """Faster R-CNN C4 with (optionally) attributes; module names match the published detectron2 ports."""
@@ -41,7 +38,7 @@ class BottomUpDetector(nn.Module):
         settings = ProposalSettings(pre_nms_topk=config.rpn_pre_nms_topk, post_nms_topk=config.rpn_post_nms_topk,
                                     nms_thresh=config.rpn_nms_thresh, min_size=config.rpn_min_size)
         self.proposal_generator = RegionProposalNetwork(self.backbone.out_channels, spec, settings, config.recipe)
-        self.roi_heads = Res5ROIHeads(spec, with_attributes)
+        self.roi_heads = Res5ROIHeads(spec, with_attributes, config.roi_batch_size)
 
     @property
     def device(self) -> torch.device:
@@ -51,29 +48,30 @@ class BottomUpDetector(nn.Module):
     def with_attributes(self) -> bool:
         return self.roi_heads.box_predictor.with_attributes
 
-    def forward(self, batch: ImageBatch, given_boxes: list[np.ndarray] | None = None) -> list[DetectorOutput]:
-        """Detect and select regions, or (given_boxes: per image (n, 4) original pixels) describe those boxes."""
+    def forward(self, batch: ImageBatch, given_boxes: list[np.ndarray] | None = None,
+                clock: StageClock | None = None) -> list[DetectorOutput]:
+        """Detect and select regions, or (given_boxes: per image (n, 4) original pixels) describe those boxes.
+
+        `clock` (benchmarks) collects the seconds of each stage: backbone, rpn, res5 head, selection.
+        """
         if given_boxes is not None and len(given_boxes) != len(batch.image_sizes):
             raise ValueError(f"given_boxes has {len(given_boxes)} entries for a batch of {len(batch.image_sizes)} images")
-        with torch.inference_mode():
-            with self._autocast():
-                images = batch.images.to(self.device)
-                features, feature_sizes = self.backbone(images, batch.image_sizes)
+        with torch.inference_mode(), autocast(self.config.amp_dtype, self.device):
+            with maybe_stage(clock, "backbone"):
+                features, feature_sizes = self.backbone(batch.images.to(self.device), batch.image_sizes)
+            with maybe_stage(clock, "rpn"):
                 if given_boxes is None:
                     rois = self.proposal_generator(features, feature_sizes, batch.image_sizes, batch.scales)
                 else:
                     rois = [self._scaled_boxes(boxes, box_scale) for boxes, box_scale in zip(given_boxes, batch.box_scales)]
+            with maybe_stage(clock, "res5 head"):
                 needs_deltas = given_boxes is None and self.config.recipe == "airsplay"
                 predictions = self.roi_heads(features, rois, box_deltas=needs_deltas)
+        with torch.inference_mode(), maybe_stage(clock, "selection"):
             per_image = _split(rois, predictions, batch)
             if given_boxes is None:
                 return [REGION_RULES[self.config.recipe](regions, self.config) for regions in per_image]
             return [self._given(regions, boxes) for regions, boxes in zip(per_image, given_boxes)]
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.amp_dtype and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=AMP_TORCH_DTYPES[self.config.amp_dtype])
-        return contextlib.nullcontext()
 
     def _scaled_boxes(self, boxes: np.ndarray, box_scale: tuple[float, float]) -> torch.Tensor:
         array = np.asarray(boxes, dtype=np.float32)
@@ -112,11 +110,12 @@ def _seeded(seed: int) -> Iterator[None]:
 def build_detector(config: ExtractorConfig) -> BottomUpDetector:
     """Eval-mode detector on `config.device`, with `config.weights` loaded or a seeded random init.
 
-    The attribute head is built when the weights have one (always for a random init).
+    The attribute head is built when the weights have one (always for a random init). Its frozen norms
+    are folded into the convs for inference (ConvNorm.fuse; state dicts keep the published layout).
     """
     converted = read_weights(config) if config.weights else None
     with _seeded(config.seed):
         model = BottomUpDetector(config, with_attributes=converted is None or converted.with_attributes)
     if converted is not None:
         load_converted(model, converted, config.backbone)
-    return model.to(resolve_device(config.device)).eval()
+    return fuse_norms(model).to(resolve_device(config.device)).eval()

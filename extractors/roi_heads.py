@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.ops import roi_pool
 
 from extractors.backbone import make_stage
-from extractors.config import BackboneSpec
+from extractors.config import CPU_ROI_BATCH, GPU_ROI_BATCH, BackboneSpec
 from extractors.rpn import FEATURE_STRIDE
 
 ATTRIBUTE_MODULES = ("cls_embedding", "fc_attr", "attr_score")
@@ -59,19 +59,23 @@ class BoxPredictor(nn.Module):
 
 
 class Res5ROIHeads(nn.Module):
-    """res4 (B, C4, Hf, Wf) + per-image boxes in resized-image pixels -> RegionPredictions."""
+    """res4 (B, C4, Hf, Wf) + per-image boxes in resized-image pixels -> RegionPredictions.
 
-    def __init__(self, spec: BackboneSpec, with_attributes: bool = True) -> None:
+    Proposals go through ROI pooling and res5 `roi_batch` at a time (0: CPU_ROI_BATCH on the CPU,
+    GPU_ROI_BATCH on a GPU): on the CPU a few proposals' activations stay in the cache, where 300 at once
+    (1 GB of res5 activations) stream through memory; on a GPU the cap bounds memory at batch 32.
+    The features differ only at float32 rounding.
+    """
+
+    def __init__(self, spec: BackboneSpec, with_attributes: bool = True, roi_batch: int = 0) -> None:
         super().__init__()
         self.pooler_resolution = spec.pooler_resolution
+        self.roi_batch = roi_batch
         self.res5 = make_stage(spec, 5)
         self.box_predictor = BoxPredictor(spec, with_attributes)
 
     def forward(self, features: torch.Tensor, boxes: list[torch.Tensor], box_deltas: bool = False) -> RegionPredictions:
-        # Pool in float32 even under autocast: half-precision box corners lose whole pixels.
-        rois = [b.float() for b in boxes]
-        crops = roi_pool(features.float(), rois, output_size=self.pooler_resolution, spatial_scale=1.0 / FEATURE_STRIDE)
-        pooled = self.res5(crops)[0].mean(dim=(2, 3))
+        pooled = self.pooled_features(features, boxes)
         class_logits, attr_logits = self.box_predictor(pooled)
         return RegionPredictions(
             features=pooled.float(),
@@ -79,3 +83,15 @@ class Res5ROIHeads(nn.Module):
             attr_logits=None if attr_logits is None else attr_logits.float(),
             box_deltas=self.box_predictor.bbox_pred(pooled).float() if box_deltas else None,
         )
+
+    def pooled_features(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """res5 outputs averaged over space, (R, D), for the boxes of every image in order."""
+        # Pool in float32 even under autocast: half-precision box corners lose whole pixels.
+        rois = torch.cat([torch.cat([torch.full((len(b), 1), float(index), device=b.device), b.float()], dim=1)
+                          for index, b in enumerate(boxes)])
+        step = self.roi_batch or (GPU_ROI_BATCH if features.device.type == "cuda" else CPU_ROI_BATCH)
+        features = features.float()
+        parts = [self.res5(roi_pool(features, chunk, output_size=self.pooler_resolution,
+                                    spatial_scale=1.0 / FEATURE_STRIDE))[0].float().mean(dim=(2, 3))
+                 for chunk in rois.split(step)]
+        return torch.cat(parts)
