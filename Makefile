@@ -15,6 +15,7 @@ demo: install
 	$(BIN)/luigi --module workflows TrainSCAN --dataset demo --local-scheduler
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 serve: install

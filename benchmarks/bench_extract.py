@@ -50,14 +50,16 @@ PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flick
 def bare_forward_seconds(detector, config: ExtractorConfig, images: list[ImageFile]) -> float:
     """Seconds for the detector alone on pre-decoded, pre-collated batches (the baseline)."""
     prepared = [prepare_image(decode_image(image.path), config) for image in images]
-    batches = [collate_images(prepared[start:start + config.batch_size]) for start in range(0, len(prepared), config.batch_size)]
+    batches = [collate_images(prepared[start:start + config.batch_size])
+               for start in range(0, len(prepared), config.batch_size)]
     started = time.perf_counter()
     for batch in batches:
         detector(batch)
     return time.perf_counter() - started
 
 
-def end_to_end_seconds(detector, config: ExtractorConfig, images: list[ImageFile], workers: int, shard_size: int) -> float:
+def end_to_end_seconds(detector, config: ExtractorConfig, images: list[ImageFile], workers: int,
+                       shard_size: int) -> float:
     """Seconds for extract_dataset from image files to a committed store, in a fresh directory."""
     with tempfile.TemporaryDirectory() as store:
         runner = InProcessRunner(config, RunConfig(num_workers=workers), detector=detector, progress=False)
@@ -85,8 +87,9 @@ def stage_overhead(args: argparse.Namespace) -> None:
     for _ in range(rounds):  # interleaved, so load from other processes hits both alike
         forward.append(bare_forward_seconds(detector, config, images))
         total.append(end_to_end_seconds(detector, config, images, args.workers, shard_size=4))
-    print(f"[overhead] {args.backbone}, {args.proposals} proposals/image, {count} Flickr8k photos, batch {args.batch_size}, "
-          f"{args.workers} decoding workers, {torch.get_num_threads()} torch threads, best of {rounds} interleaved rounds")
+    print(f"[overhead] {args.backbone}, {args.proposals} proposals/image, {count} Flickr8k photos, "
+          f"batch {args.batch_size}, {args.workers} decoding workers, {torch.get_num_threads()} torch threads, "
+          f"best of {rounds} interleaved rounds")
     print(f"bare forward (pre-decoded): {count / min(forward):6.2f} images/s ({min(forward):.2f} s)")
     print(f"end to end (files->store):  {count / min(total):6.2f} images/s ({min(total):.2f} s)")
     print(f"overhead: {100 * (min(total) / min(forward) - 1):+.1f}% (target <= +10%)")
@@ -182,11 +185,13 @@ STAGES: dict[str, Callable[[argparse.Namespace], None]] = {"overhead": stage_ove
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", action="append", choices=sorted(STAGES), help="Run this stage (repeatable); default all.")
+    parser.add_argument("--stage", action="append", choices=sorted(STAGES),
+                        help="Run this stage (repeatable); default all.")
     parser.add_argument("--quick", action="store_true", help="Small sizes: a few minutes on 2 CPU cores.")
     parser.add_argument("--backbone", default="R18-C4", help="overhead: backbone preset (random init).")
     parser.add_argument("--proposals", type=int, default=30,
-                        help="overhead: RPN proposals per image (the preset's 300 make one R18 image take ~20 s on 2 cores).")
+                        help="overhead: RPN proposals per image (the preset's 300 make one R18 image take ~20 s "
+                             "on 2 cores).")
     parser.add_argument("--workers", type=int, default=2, help="overhead: DataLoader decoding processes.")
     parser.add_argument("--batch-size", type=int, default=4, help="overhead: images per forward pass.")
     parser.add_argument("--overhead-photos", type=int, default=0,

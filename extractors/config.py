@@ -50,7 +50,8 @@ class BackboneSpec:
 
     @property
     def stage_blocks(self) -> tuple[int, int, int, int]:
-        return {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}[self.depth]
+        blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+        return blocks[self.depth]
 
     @property
     def res2_channels(self) -> int:
@@ -71,7 +72,8 @@ PRESETS: dict[str, BackboneSpec] = {
     "R50-C4": BackboneSpec(depth=50, block="bottleneck"),
     "R18-C4": BackboneSpec(depth=18, block="basic"),
     # Small and fast for tests and the demo (7x7 ROI pool, res5 at 4x4); random-init by default.
-    "R18-C4-demo": BackboneSpec(depth=18, block="basic", res5_dilation=1, pooler_resolution=7, short_side=128, max_side=160),
+    "R18-C4-demo": BackboneSpec(depth=18, block="basic", res5_dilation=1, pooler_resolution=7, short_side=128,
+                                max_side=160),
 }
 
 
@@ -81,7 +83,8 @@ class ExtractorConfig:
 
     backbone: str = field(default="R101-C4-VG", metadata={
         "help": "Backbone preset: " + " | ".join(PRESETS) + ".", "choices": tuple(PRESETS)})
-    weights: str = field(default="", metadata={"help": "Weights file path or URL; empty = seeded random init (tests, demo)."})
+    weights: str = field(default="", metadata={
+        "help": "Weights file path or URL; empty = seeded random init (tests, demo)."})
     weights_sha256: str = field(default="", metadata={
         "help": "Expected SHA-256 of the weights file; empty = not checked."})
     weights_format: str = field(default="auto", metadata={

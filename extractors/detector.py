@@ -55,7 +55,8 @@ class BottomUpDetector(nn.Module):
         `clock` (benchmarks) collects the seconds of each stage: backbone, rpn, res5 head, selection.
         """
         if given_boxes is not None and len(given_boxes) != len(batch.image_sizes):
-            raise ValueError(f"given_boxes has {len(given_boxes)} entries for a batch of {len(batch.image_sizes)} images")
+            raise ValueError(f"given_boxes has {len(given_boxes)} entries for a batch of "
+                             f"{len(batch.image_sizes)} images")
         with torch.inference_mode(), autocast(self.config.amp_dtype, self.device):
             with maybe_stage(clock, "backbone"):
                 features, feature_sizes = self.backbone(batch.images.to(self.device), batch.image_sizes)
@@ -63,7 +64,8 @@ class BottomUpDetector(nn.Module):
                 if given_boxes is None:
                     rois = self.proposal_generator(features, feature_sizes, batch.image_sizes, batch.scales)
                 else:
-                    rois = [self._scaled_boxes(boxes, box_scale) for boxes, box_scale in zip(given_boxes, batch.box_scales)]
+                    rois = [self._scaled_boxes(boxes, box_scale)
+                            for boxes, box_scale in zip(given_boxes, batch.box_scales)]
             with maybe_stage(clock, "res5 head"):
                 needs_deltas = given_boxes is None and self.config.recipe == "airsplay"
                 predictions = self.roi_heads(features, rois, box_deltas=needs_deltas)
@@ -80,12 +82,14 @@ class BottomUpDetector(nn.Module):
         if (array[:, 2] < array[:, 0]).any() or (array[:, 3] < array[:, 1]).any():
             raise ValueError("given boxes must have x2 >= x1 and y2 >= y1")
         scale_x, scale_y = box_scale
-        return torch.from_numpy(array).to(self.device) * torch.tensor([scale_x, scale_y, scale_x, scale_y], device=self.device)
+        scale = torch.tensor([scale_x, scale_y, scale_x, scale_y], device=self.device)
+        return torch.from_numpy(array).to(self.device) * scale
 
     def _given(self, regions: ImageRegions, boxes: np.ndarray) -> DetectorOutput:
         """Every given box, in the given order, exactly as given (no rescaling error)."""
         keep = torch.arange(len(regions.proposals), device=regions.proposals.device)
-        return describe(torch.from_numpy(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)), regions, keep, self.config.recipe)
+        given = torch.from_numpy(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+        return describe(given, regions, keep, self.config.recipe)
 
 
 def _split(rois: list[torch.Tensor], predictions: RegionPredictions, batch: ImageBatch) -> list[ImageRegions]:
