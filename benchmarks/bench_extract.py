@@ -40,6 +40,7 @@ from extractors.selection import select_regions  # noqa: E402
 from pipeline.store import StoreConfig  # noqa: E402
 from benchmarks.extract_speed import add_arguments as add_speed_arguments  # noqa: E402
 from benchmarks.extract_speed import stage_quality, stage_speed  # noqa: E402
+from tests.extractors.references import py_cpu_nms  # noqa: E402  (the loop the selection is timed against)
 
 PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flickr8k" / "images"
 
@@ -96,22 +97,6 @@ def stage_overhead(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- stage: selection
-
-
-def py_cpu_nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> list[int]:
-    """Caffe's lib/nms/py_cpu_nms.py rule (+1 areas, keep IoU <= thresh), equal scores by lower index."""
-    x1, y1, x2, y2 = boxes.T
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(int(i))
-        w = np.maximum(0.0, np.minimum(x2[i], x2[order[1:]]) - np.maximum(x1[i], x1[order[1:]]) + 1)
-        h = np.maximum(0.0, np.minimum(y2[i], y2[order[1:]]) - np.maximum(y1[i], y1[order[1:]]) + 1)
-        inter = w * h
-        order = order[1:][inter / (areas[i] + areas[order[1:]] - inter) <= thresh]
-    return keep
 
 
 def numpy_loop_selection(boxes: np.ndarray, probs: np.ndarray, conf_thresh: float, nms_thresh: float,

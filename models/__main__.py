@@ -27,8 +27,17 @@ from pipeline.devices import resolve_device
 from pipeline.errors import InputError
 
 MODEL_HELP = "Our checkpoint or SCAN's model_best.pth.tar."
+GALLERY_HELP = "Feature store directory (the image gallery)."
 VOCAB_HELP = "SCAN vocabulary JSON the model was trained with (e.g. f30k_precomp_vocab.json)."
 
+
+def add_model_and_store(parser: argparse.ArgumentParser, *, store_help: str = GALLERY_HELP, vocab: bool = True,
+                        required: bool = True) -> None:
+    """--checkpoint, --store (and --vocab): what search, index, attention and serve read."""
+    parser.add_argument("--checkpoint", required=required, type=Path, help=MODEL_HELP)
+    parser.add_argument("--store", required=required, type=Path, help=store_help)
+    if vocab:
+        parser.add_argument("--vocab", required=required, type=Path, help=VOCAB_HELP)
 
 def add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("evaluate", help="R@K of SCAN checkpoints (several: ensemble) on precomp data")
@@ -87,9 +96,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_search(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("search", help="Text -> top-k images of a store, image -> top-k captions")
-    parser.add_argument("--checkpoint", required=True, type=Path, help=MODEL_HELP)
-    parser.add_argument("--store", required=True, type=Path, help="Feature store directory (the image gallery).")
-    parser.add_argument("--vocab", required=True, type=Path, help=VOCAB_HELP)
+    add_model_and_store(parser)
     queries = parser.add_mutually_exclusive_group(required=True)
     queries.add_argument("--text", action="append", help="Caption query -> top-k images (repeatable).")
     queries.add_argument("--image", action="append", help="Store image id -> top-k captions (repeatable).")
@@ -116,8 +123,7 @@ def run_search(args: argparse.Namespace) -> int:
 
 def add_index(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("index", help="Build or update the search index of a store for a checkpoint")
-    parser.add_argument("--checkpoint", required=True, type=Path, help=MODEL_HELP)
-    parser.add_argument("--store", required=True, type=Path, help="Feature store directory (the image gallery).")
+    add_model_and_store(parser, vocab=False)
     parser.add_argument("--kind", choices=("auto", "flat", "ivf"), default="auto",
                         help="FAISS index: flat (exact) | ivf (IVF-SQ8) | auto (flat up to a measured size).")
     parser.set_defaults(handler=run_index)
@@ -131,9 +137,7 @@ def run_index(args: argparse.Namespace) -> int:
 
 def add_attention(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("attention", help="PNG of the attention of one (image, caption) pair")
-    parser.add_argument("--checkpoint", required=True, type=Path, help=MODEL_HELP)
-    parser.add_argument("--store", required=True, type=Path, help="Feature store holding the image's regions.")
-    parser.add_argument("--vocab", required=True, type=Path, help=VOCAB_HELP)
+    add_model_and_store(parser, store_help="Feature store holding the image's regions.")
     parser.add_argument("--image", required=True, help="Image id in the store.")
     parser.add_argument("--caption", required=True, help="Caption to explain.")
     parser.add_argument("--image-file", type=Path, help="The image itself (else a grey canvas of its size).")
@@ -156,9 +160,7 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
                         help="Serve the newest demo model of the workspace (after `make demo`).")
     parser.add_argument("--workspace", type=Path, help="With --demo: the workspace (default $SCAN_WORKSPACE, else "
                                                        "./workspace; luigi.cfg's [scan] workspace is not read).")
-    parser.add_argument("--checkpoint", type=Path, help=MODEL_HELP)
-    parser.add_argument("--store", type=Path, help="Feature store directory (the image gallery).")
-    parser.add_argument("--vocab", type=Path, help=VOCAB_HELP)
+    add_model_and_store(parser, required=False)
     parser.add_argument("--captions", type=Path, help="Captions for image -> captions queries: Parquet table or .txt.")
     parser.add_argument("--images-root", type=Path, help="Folder the store's image paths are relative to "
                                                          "(serves /api/images/ID; without it, boxes on grey).")
