@@ -7,12 +7,12 @@ training), evaluated on a held-out 1,000-image / 5,000-caption gallery with the 
 baseline) and two-stage at shortlists of 1, 2 and 5 % of the gallery, both directions.
 Part 2, demo (``--demo-workspace W``): the same table on the demo test split with the model the
 workflow trained in workspace W (and the mean-pooling baseline of the same model).
-Part 3, scale (``--scale N``): an N-image synthetic gallery on disk, memory-mapped: region
+Part 3, scale (``--scale N``): an N-image synthetic gallery on disk, read as models.index reads it: region
 embeddings (R=12, d=256, float16; each image's regions drawn around one of 1,000 topics, since real
 embeddings are clustered) and global vectors (d=1024, float16, as a real model's). Each
 phase runs in its own process so its peak RSS is its own: FAISS index build (IVF-SQ8 above the
 flat limit); text->image queries one at a time (a real-size GRU text encoder, then the index's
-shortlist of 100 re-ranked by SCAN from the memory map): p50/p95 latency; today's two-stage
+shortlist of 100 re-ranked by SCAN from the file): p50/p95 latency; today's two-stage
 (brute-force scan of float32 mean vectors held in RAM, re-ranking one query at a time) on the same
 queries; exact SCAN over the whole gallery for a few queries, to count how often two-stage finds
 its top-1. Flat vs IVF latency and shortlist recall at several sizes pick the flat limit.
@@ -43,7 +43,7 @@ from models.config import EvalConfig, HeadConfig, ModelConfig, TrainConfig  # no
 from models.data import CaptionPairs, PrecompFeatures, image_index_for_captions  # noqa: E402
 from models.encoders import TextEncoder  # noqa: E402
 from models.evaluate import evaluate_models  # noqa: E402
-from models.index import RowFile, mapped_rows  # noqa: E402
+from models.index import RowFile  # noqa: E402
 from models.retrieval import Embeddings, Ranking, _merge, _top_k, exact_search, pair_scores, rerank  # noqa: E402
 from models.vector_index import FLAT_LIMIT, VectorIndex  # noqa: E402
 
@@ -156,8 +156,8 @@ def generate(work: Path, n: int) -> dict:
 
 
 def open_gallery(work: Path, n: int) -> tuple[Embeddings, RowFile]:
-    """As models.index opens its files: regions memory-mapped for random reads, global vectors read in chunks."""
-    regions = mapped_rows(work / "regions.f16", (n, SCALE_R, SCALE_D))
+    """As models.index opens its files: both read with positional reads, nothing mapped."""
+    regions = RowFile(work / "regions.f16", (n, SCALE_R, SCALE_D))
     return Embeddings(regions, np.full(n, SCALE_R)), RowFile(work / "globals.f16", (n, GLOBAL_D))
 
 
@@ -292,7 +292,7 @@ def run_phase(work: Path, phase: str, *args) -> dict:
 
 
 def scale_part(work: Path, n: int, n_queries: int, exact_queries: int, sizes: bool) -> dict:
-    results = {"images": n, "regions": f"{SCALE_R} x {SCALE_D} float16 memmap", "global_d": GLOBAL_D,
+    results = {"images": n, "regions": f"{SCALE_R} x {SCALE_D} float16 on disk", "global_d": GLOBAL_D,
                **generate(work, n)}
     print(json.dumps(results), flush=True)
     results["build"] = run_phase(work, "build", n, "auto")

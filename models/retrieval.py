@@ -1,8 +1,8 @@
 """Ranking a gallery for a batch of queries: exact SCAN scores, or a pooled shortlist re-ranked.
 
 Everything here works on embeddings already in the joint space. A gallery's embeddings may be a
-tensor or any numpy array-like (an ``np.memmap`` of a million images), and are read in chunks,
-so exact search over a gallery larger than memory needs only one chunk at a time.
+tensor or any numpy array-like (an ``np.memmap``, or models.index's ``RowFile`` of a million images),
+and are read in chunks, so exact search over a gallery larger than memory needs only one chunk at a time.
 
 Two-stage search: a first stage (``FirstStage``: the FAISS index of models.index over the
 global head's vectors) gives each query a shortlist of N gallery items, and only those are scored
@@ -54,13 +54,13 @@ class Embeddings:
         return _as_tensor(self.emb[start:stop]), torch.as_tensor(np.asarray(self.lens[start:stop]), dtype=torch.long)
 
     def take(self, index: np.ndarray) -> tuple[Tensor, Tensor]:
-        """Items at ``index`` in that order; reads are sorted so a memory map is read forwards."""
+        """Items at ``index`` in that order; reads are sorted so a file is read forwards."""
         index = np.asarray(index, dtype=np.int64)
         order = np.argsort(index, kind="stable")
         picked = np.empty_like(order)
         picked[order] = np.arange(len(order))
-        sorted_rows = _as_tensor(self.emb[index[order]] if isinstance(self.emb, np.ndarray)
-                                 else self.emb[torch.as_tensor(index[order])])
+        sorted_rows = _as_tensor(self.emb[torch.as_tensor(index[order])] if isinstance(self.emb, Tensor)
+                                 else self.emb[index[order]])
         return sorted_rows[torch.as_tensor(picked)], torch.as_tensor(np.asarray(self.lens)[index], dtype=torch.long)
 
 
@@ -100,7 +100,7 @@ def rerank(queries: Embeddings, gallery: Embeddings, candidates: np.ndarray, que
     """Each query's candidates (n_query, N) gallery indices (-1 = none) ranked by SCAN; top k per query.
 
     Queries go in batches: the batch's candidates are read from the gallery once (sorted, so a
-    memory map is read forwards) and scored as (query, candidate) pairs with ``paired_scores``.
+    file is read forwards) and scored as (query, candidate) pairs with ``paired_scores``.
     """
     candidates = np.asarray(candidates, dtype=np.int64)
     indices, scores = [], []

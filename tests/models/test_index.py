@@ -1,12 +1,14 @@
 """The saved search index of a store: built once, updated with only the new images, never used stale."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from models.compat import load_model
-from models.index import check_index, checkpoint_key, ensure_index, index_dir, open_index
+from models.index import RowFile, check_index, checkpoint_key, ensure_index, index_dir, open_index
 from models.search import SearchConfig, SearchIndex
 from pipeline.errors import InputError
 from pipeline.store import ShardWriter, commit_manifest
@@ -117,3 +119,42 @@ def test_an_interrupted_update_leaves_the_previous_generation_usable(setup):
     [result] = SearchIndex.open(checkpoint, store, vocab, policy="require").search_text(
         [QUERY], SearchConfig(top_k=1, mode="two-stage", shortlist=40))
     assert result.hits[0].image_id == TARGET
+
+
+def test_row_file_reads_what_a_memory_map_reads(tmp_path):
+    path = tmp_path / "rows.f16"
+    rows = np.random.default_rng(0).standard_normal((50, 3, 4)).astype(np.float16)
+    rows.tofile(path)
+    read = RowFile(path, (50, 3, 4))
+    wanted = np.array([7, 3, 4, 5, 49, 3, 0])        # unsorted, a run, a repeat, both ends
+    np.testing.assert_array_equal(read[wanted], rows[wanted])
+    np.testing.assert_array_equal(read[10:20], rows[10:20])
+    np.testing.assert_array_equal(read[-1], rows[-1])
+    np.testing.assert_array_equal(np.asarray(read), rows)
+    assert read[5:5].shape == (0, 3, 4) and read[np.array([], dtype=np.int64)].shape == (0, 3, 4)
+    with pytest.raises(IndexError, match="rows.f16"):
+        read[np.array([50])]
+    with pytest.raises(InputError, match="shorter than the 60 items"):
+        RowFile(path, (60, 3, 4))
+
+
+def test_a_file_cut_after_opening_is_reported_with_its_name(tmp_path):
+    path = tmp_path / "rows.f16"
+    np.zeros((10, 4), dtype=np.float16).tofile(path)
+    read = RowFile(path, (10, 4))
+    with open(path, "r+b") as handle:
+        handle.truncate(5 * 4 * 2)
+    with pytest.raises(InputError, match="rows.f16.*ends before row 10"):
+        read[np.array([2, 9])]
+
+
+def test_searching_maps_no_index_file_into_memory(setup):
+    """The re-ranking reads region rows with positional reads: a memory map of a file whose pages are
+    in the page cache as large folios would make whole folios resident per scattered read."""
+    checkpoint, store, vocab = setup
+    index = SearchIndex.open(checkpoint, store, vocab)
+    for mode in ("exact", "two-stage"):
+        [result] = index.search_text([QUERY], SearchConfig(top_k=3, mode=mode, shortlist=10))
+        assert result.hits[0].image_id == TARGET
+    mapped = Path("/proc/self/maps").read_text()
+    assert str(index.gallery.directory) not in mapped
