@@ -3,7 +3,7 @@
 ``SearchIndex.open(checkpoint, store, vocab)`` opens the store's saved search index for that
 checkpoint (``models.index``: built, updated with new images, or rebuilt when stale, as the policy
 allows), so the gallery is encoded once and read from disk: FAISS over the global vectors, region
-embeddings memory-mapped. Queries are ranked by ``models.retrieval``: ``exact`` (SCAN over every
+embeddings read row by row. Queries are ranked by ``models.retrieval``: ``exact`` (SCAN over every
 image), ``two-stage`` (the index's shortlist re-ranked by SCAN) or ``global`` (the index alone).
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from models.compat import load_model_with_vocab
 from models.data import pad_captions
 from models.encoders import SCANModel
 from models.index import POLICIES, GalleryIndex, ensure_index
+from models.query_encoder import QUERY_ENCODERS, query_text_encoder
 from models.retrieval import MODES, Embeddings, Ranking, exact_search, global_search, two_stage_search
 from models.vector_index import DEFAULT_NPROBE, VectorIndex
 from pipeline.atomic import write_text_atomic
@@ -45,6 +46,10 @@ class SearchConfig:
     query_batch: int = field(default=64, metadata={"help": "Two-stage: queries re-ranked together."})
     nprobe: int = field(default=DEFAULT_NPROBE, metadata={
         "help": "IVF index (large galleries): inverted lists scanned per query."})
+    query_encoder: str = field(default="int8", metadata={
+        "help": "Caption encoder for queries and caption galleries: int8 (the GRU's weights dynamically quantized: "
+                "~10x faster per query on the CPU, same rankings on the demo; see README) | float32 (the trained "
+                "model as it is; what `evaluate` uses).", "choices": QUERY_ENCODERS})
     index_policy: str = field(default="build", metadata={
         "help": "build: use the store's saved index, updating it with new images or rebuilding it when stale | "
                 "require: use it only if up to date, else stop with the reason.", "choices": POLICIES})
@@ -52,6 +57,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}; expected one of {', '.join(MODES)}")
+        if self.query_encoder not in QUERY_ENCODERS:
+            raise ValueError(f"query_encoder={self.query_encoder!r}; expected one of {', '.join(QUERY_ENCODERS)}")
         if min(self.top_k, self.shortlist, self.batch_size, self.query_batch, self.nprobe) < 1:
             raise ValueError("top_k, shortlist, batch_size, query_batch and nprobe must be >= 1")
 
@@ -95,6 +102,7 @@ class SearchIndex:
 
     def __init__(self, model: SCANModel, vocab: Vocabulary, gallery: GalleryIndex, status: str = "") -> None:
         self.model, self.vocab, self.gallery, self.status = model.eval(), vocab, gallery, status
+        self._text_encoders = {"float32": model.txt_enc}
 
     @classmethod
     def open(cls, checkpoint: str | PathLike[str], store_dir: str | PathLike[str], vocab_path: str | PathLike[str],
@@ -105,14 +113,18 @@ class SearchIndex:
         return cls(loaded.model, vocab, gallery, status)
 
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 128) -> Embeddings:
-        """Word embeddings (n, W, d) of captions tokenised as SCAN does (<start> ... <end>)."""
+    def encode_texts(self, texts: Sequence[str], config: SearchConfig = SearchConfig()) -> Embeddings:
+        """Word embeddings (n, W, d) of captions tokenised as SCAN does (<start> ... <end>), by the
+        ``config.query_encoder`` encoder (the int8 one is made once, on first use)."""
+        if config.query_encoder not in self._text_encoders:
+            self._text_encoders[config.query_encoder] = query_text_encoder(self.model.txt_enc, config.query_encoder)
+        encoder, batch_size = self._text_encoders[config.query_encoder], config.batch_size
         token_ids = [self.vocab.encode(tokenize(text)) for text in texts]
         width = max(len(ids) for ids in token_ids)
         parts = []
         for start in range(0, len(token_ids), batch_size):
             tokens, lengths = pad_captions(token_ids[start:start + batch_size])
-            emb, _ = self.model.txt_enc(tokens, lengths)
+            emb, _ = encoder(tokens, lengths)
             parts.append(torch.nn.functional.pad(emb, (0, 0, 0, width - emb.size(1))))
         return Embeddings(torch.cat(parts), np.array([len(ids) for ids in token_ids]))
 
@@ -123,7 +135,7 @@ class SearchIndex:
 
     def search_text(self, texts: Sequence[str], config: SearchConfig = SearchConfig()) -> list[QueryResult]:
         """Top-k store images for each text."""
-        queries = self.encode_texts(texts, config.batch_size)
+        queries = self.encode_texts(texts, config)
         self.gallery.vectors.set_nprobe(config.nprobe)
         ranking = _rank(queries, lambda: self.text_vectors(queries), self.gallery.regions, self.gallery.vectors,
                         True, self.model, config)
@@ -134,7 +146,7 @@ class SearchIndex:
     def encode_captions(self, captions: CaptionSet, config: SearchConfig = SearchConfig(), *,
                         with_vectors: bool = True) -> EncodedCaptions:
         """The captions' word embeddings and, ``with_vectors``, a flat FAISS index of their global vectors."""
-        emb = self.encode_texts(captions.texts, config.batch_size)
+        emb = self.encode_texts(captions.texts, config)
         return EncodedCaptions(captions, emb,
                                VectorIndex.build(self.text_vectors(emb), "flat") if with_vectors else None)
 
