@@ -11,7 +11,7 @@ Part 3, scale (``--scale N``): an N-image synthetic gallery on disk, read as mod
 embeddings (R=12, d=256, float16; each image's regions drawn around one of 1,000 topics, since real
 embeddings are clustered) and global vectors (d=1024, float16, as a real model's). Each
 phase runs in its own process so its peak RSS is its own: FAISS index build (IVF-SQ8 above the
-flat limit); text->image queries one at a time (a real-size GRU text encoder, then the index's
+flat limit); text->image queries one at a time (a real-size GRU text encoder, int8 as search's default, then the index's
 shortlist of 100 re-ranked by SCAN from the file): p50/p95 latency; today's two-stage
 (brute-force scan of float32 mean vectors held in RAM, re-ranking one query at a time) on the same
 queries; exact SCAN over the whole gallery for a few queries, to count how often two-stage finds
@@ -44,7 +44,9 @@ from models.data import CaptionPairs, PrecompFeatures, image_index_for_captions 
 from models.encoders import TextEncoder  # noqa: E402
 from models.evaluate import evaluate_models  # noqa: E402
 from models.index import RowFile  # noqa: E402
+from models.query_encoder import query_text_encoder  # noqa: E402
 from models.retrieval import Embeddings, Ranking, _merge, _top_k, exact_search, pair_scores, rerank  # noqa: E402
+from models.search import SearchConfig, SearchIndex  # noqa: E402
 from models.vector_index import FLAT_LIMIT, VectorIndex  # noqa: E402
 
 CONCEPTS, IMG_DIM, REGIONS = 24, 32, 3
@@ -119,7 +121,34 @@ def demo_part(workspace: Path) -> dict:
         payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
         name = f"{checkpoint.parent.name} ({(payload.get('head_config') or {}).get('head_training', 'no head')})"
         results[name] = both_heads(checkpoint, test, (0.05, 0.1, 0.2))
+        [vocab] = sorted(workspace.glob("BuildVocab/demo-*/vocab.json"))[:1]
+        results[name]["query encoder"] = query_encoder_table(checkpoint, store, captions, vocab)
     return results
+
+
+def query_encoder_table(checkpoint: Path, store: Path, captions: Path, vocab: Path) -> dict:
+    """int8 vs float32 query encoder through `python -m models search`'s path: the test captions as text
+    queries over the whole store (every split: the saved index is the store's), R@1/5/10 of each
+    caption's own image, and how many queries get the very same top 10."""
+    from pipeline.captions import read_captions
+    table = read_captions(captions, "test").to_pydict()
+    index = SearchIndex.open(checkpoint, store, vocab)
+    rows, tops = {}, {}
+    for mode in ("exact", "two-stage"):
+        for precision in ("float32", "int8"):
+            config = SearchConfig(top_k=10, mode=mode, shortlist=max(1, len(index.gallery) // 20),
+                                  query_encoder=precision)
+            found = [[hit.image_id for hit in result.hits] for result in index.search_text(table["raw"], config)]
+            ranks = [top.index(owner) if owner in top else 10 for top, owner in zip(found, table["image_id"])]
+            rows[f"{mode}, {precision}"] = {f"t2i_r{k}": round(100 * float(np.mean(np.array(ranks) < k)), 1)
+                                            for k in (1, 5, 10)}
+            tops[(mode, precision)] = found
+        pairs = list(zip(tops[(mode, "float32")], tops[(mode, "int8")]))
+        rows[f"{mode}, int8"].update({
+            "same_top10_list_pct": round(100 * float(np.mean([a == b for a, b in pairs])), 1),
+            "same_top1_pct": round(100 * float(np.mean([a[:1] == b[:1] for a, b in pairs])), 1),
+            "top10_overlap_pct": round(100 * float(np.mean([len(set(a) & set(b)) / 10 for a, b in pairs])), 1)})
+    return {"gallery": len(index.gallery), "queries": len(table["raw"]), **rows}
 
 
 # ---- part 3: scale ---------------------------------------------------------------------------
@@ -198,22 +227,26 @@ def encode_one(encoder: TextEncoder, rng: np.random.Generator) -> float:
 def phase_ours(work: Path, n: int, n_queries: int) -> dict:
     gallery, _ = open_gallery(work, n)
     targets, queries = queries_for(gallery, n_queries)
-    index, encoder, rng = VectorIndex.load(work / "vectors.faiss"), text_encoder(), np.random.default_rng(1)
-    options, latencies, searches, found = ModelConfig(), [], [], []
+    index, float32_encoder = VectorIndex.load(work / "vectors.faiss"), text_encoder()
+    encoder = query_text_encoder(float32_encoder, "int8")   # what search's "auto" uses for two-stage
+    options, latencies, searches, found, encodes, float32_encodes = ModelConfig(), [], [], [], [], []
     for row in range(n_queries):
-        encode_s = encode_one(encoder, rng)
+        float32_encodes.append(encode_one(float32_encoder, np.random.default_rng([1, row])))
+        encodes.append(encode_one(encoder, np.random.default_rng([1, row])))
         started = time.perf_counter()
         one = Embeddings(queries.emb[row:row + 1], queries.lens[row:row + 1])
         vectors = global_vectors(one.emb, torch.as_tensor(one.lens)).numpy()
         _, candidates = index.search(vectors, SHORTLIST)
         found.append(rerank(one, gallery, candidates, True, options, 10).indices[0].tolist())
         searches.append(time.perf_counter() - started)
-        latencies.append(encode_s + searches[-1])
+        latencies.append(encodes[-1] + searches[-1])
     started = time.perf_counter()
     _, candidates = index.search(global_vectors(queries.emb, torch.as_tensor(queries.lens)).numpy(), SHORTLIST)
     rerank(queries, gallery, candidates, True, options, 10)
     batched = (time.perf_counter() - started) / n_queries
     return {"latencies": latencies, "search_only": searches, "top10": found, "batched_seconds_per_query": batched,
+            "encode_int8": encodes,
+            "encode_float32": float32_encodes,
             "target_in_top10": 100.0 * float(np.mean([t in f for t, f in zip(targets, found)]))}
 
 
@@ -226,9 +259,9 @@ def phase_legacy(work: Path, n: int, n_queries: int) -> dict:
     pooled = torch.cat([torch.from_numpy(np.asarray(globals_[s:s + CHUNK], dtype=np.float32))
                         for s in range(0, n, CHUNK)])
     pool_s = time.perf_counter() - started
-    encoder, rng, latencies, searches = text_encoder(), np.random.default_rng(1), [], []
+    encoder, latencies, searches = text_encoder(), [], []
     for row in range(n_queries):
-        encode_s = encode_one(encoder, rng)
+        encode_s = encode_one(encoder, np.random.default_rng([1, row]))
         started = time.perf_counter()
         one = Embeddings(queries.emb[row:row + 1], queries.lens[row:row + 1])
         query = global_vectors(one.emb, torch.as_tensor(one.lens))
@@ -307,6 +340,10 @@ def scale_part(work: Path, n: int, n_queries: int, exact_queries: int, sizes: bo
         "today_search_only_p50_ms": round(1000 * legacy_search_p50, 1),
         "speedup_search_only_p50": round(legacy_search_p50 / search_p50, 1),
         "query_p50_ms": round(1000 * p50, 1), "query_p95_ms": round(1000 * p95, 1),
+        "encoder_p50_ms_int8": round(1000 * float(np.percentile(ours["encode_int8"], 50)), 1),
+        "encoder_p50_ms_float32": round(1000 * float(np.percentile(ours["encode_float32"], 50)), 1),
+        "query_p50_ms_with_float32_encoder": round(1000 * float(np.percentile(
+            np.add(ours["encode_float32"], ours["search_only"]), 50)), 1),
         "batched_ms_per_query": round(1000 * ours["batched_seconds_per_query"], 2), "query_peak_rss_MB": ours["rss_MB"],
         "target_in_top10": ours["target_in_top10"],
         "today_two_stage_p50_ms": round(1000 * legacy_p50, 1), "today_peak_rss_MB": legacy["rss_MB"],

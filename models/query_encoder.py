@@ -5,7 +5,8 @@ product bound by memory bandwidth: every word reads both directions' recurrent w
 in float32 at embed_size 1024). PyTorch's dynamic quantization (torch.ao, fbgemm on x86) keeps them
 as int8 and quantizes the activations on the fly, a quarter of the bytes per word. Measured on
 the 2-core machine (README, search section): a 14-word query 28 ms -> under 3 ms, word embeddings
-within cosine 0.9999 of float32. Evaluation never uses it: recall tables come from the float32 model.
+within cosine 0.9999 of float32. "auto" uses it where the ranking is approximate anyway (two-stage,
+global) and keeps exact search exactly the trained model's; evaluation never uses it.
 """
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ from torch import nn
 
 from models.encoders import TextEncoder
 
-QUERY_ENCODERS = ("int8", "float32")
+QUERY_ENCODERS = ("auto", "int8", "float32")
+
+
+def resolve_query_encoder(precision: str, mode: str) -> str:
+    """"auto": int8 for the approximate modes (two-stage, global), float32 for exact."""
+    if precision not in QUERY_ENCODERS:
+        raise ValueError(f"query encoder precision {precision!r}; expected one of {', '.join(QUERY_ENCODERS)}")
+    if precision != "auto":
+        return precision
+    return "float32" if mode == "exact" else "int8"
 
 
 def query_text_encoder(encoder: TextEncoder, precision: str) -> TextEncoder:
@@ -25,7 +35,7 @@ def query_text_encoder(encoder: TextEncoder, precision: str) -> TextEncoder:
     if precision == "float32":
         return encoder
     if precision != "int8":
-        raise ValueError(f"query encoder precision {precision!r}; expected one of {', '.join(QUERY_ENCODERS)}")
+        raise ValueError(f"query encoder precision {precision!r}; expected float32 or int8")
     quantized = copy.deepcopy(encoder).cpu().eval()
     with warnings.catch_warnings():
         # torch.ao's eager quantization warns that it moves to torchao, which has no recurrent layers yet.

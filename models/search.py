@@ -21,7 +21,7 @@ from models.compat import load_model_with_vocab
 from models.data import pad_captions
 from models.encoders import SCANModel
 from models.index import POLICIES, GalleryIndex, ensure_index
-from models.query_encoder import QUERY_ENCODERS, query_text_encoder
+from models.query_encoder import QUERY_ENCODERS, query_text_encoder, resolve_query_encoder
 from models.retrieval import MODES, Embeddings, Ranking, exact_search, global_search, two_stage_search
 from models.vector_index import DEFAULT_NPROBE, VectorIndex
 from pipeline.atomic import write_text_atomic
@@ -46,10 +46,11 @@ class SearchConfig:
     query_batch: int = field(default=64, metadata={"help": "Two-stage: queries re-ranked together."})
     nprobe: int = field(default=DEFAULT_NPROBE, metadata={
         "help": "IVF index (large galleries): inverted lists scanned per query."})
-    query_encoder: str = field(default="int8", metadata={
+    query_encoder: str = field(default="auto", metadata={
         "help": "Caption encoder for queries and caption galleries: int8 (the GRU's weights dynamically quantized: "
-                "~10x faster per query on the CPU, same rankings on the demo; see README) | float32 (the trained "
-                "model as it is; what `evaluate` uses).", "choices": QUERY_ENCODERS})
+                "~10x faster per query on the CPU, recall within a point on the demo; see README) | float32 (the "
+                "trained model as it is, as `evaluate` uses it) | auto (float32 for exact, int8 for two-stage and "
+                "global).", "choices": QUERY_ENCODERS})
     index_policy: str = field(default="build", metadata={
         "help": "build: use the store's saved index, updating it with new images or rebuilding it when stale | "
                 "require: use it only if up to date, else stop with the reason.", "choices": POLICIES})
@@ -115,10 +116,11 @@ class SearchIndex:
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], config: SearchConfig = SearchConfig()) -> Embeddings:
         """Word embeddings (n, W, d) of captions tokenised as SCAN does (<start> ... <end>), by the
-        ``config.query_encoder`` encoder (the int8 one is made once, on first use)."""
-        if config.query_encoder not in self._text_encoders:
-            self._text_encoders[config.query_encoder] = query_text_encoder(self.model.txt_enc, config.query_encoder)
-        encoder, batch_size = self._text_encoders[config.query_encoder], config.batch_size
+        ``config.query_encoder`` encoder for ``config.mode`` (the int8 one is made once, on first use)."""
+        precision = resolve_query_encoder(config.query_encoder, config.mode)
+        if precision not in self._text_encoders:
+            self._text_encoders[precision] = query_text_encoder(self.model.txt_enc, precision)
+        encoder, batch_size = self._text_encoders[precision], config.batch_size
         token_ids = [self.vocab.encode(tokenize(text)) for text in texts]
         width = max(len(ids) for ids in token_ids)
         parts = []

@@ -6,7 +6,7 @@ import torch
 
 from models.config import ModelConfig
 from models.encoders import TextEncoder
-from models.query_encoder import query_text_encoder
+from models.query_encoder import query_text_encoder, resolve_query_encoder
 from models.search import CaptionSet, SearchConfig, SearchIndex
 from tests.models.test_search import QUERY, TARGET, known_match_setup
 
@@ -35,9 +35,18 @@ def test_int8_quantizes_the_gru_and_keeps_the_word_embeddings(encoder):
     assert torch.all(ours[~valid] == 0)
 
 
+def test_auto_keeps_exact_search_exact():
+    assert resolve_query_encoder("auto", "exact") == "float32"
+    assert resolve_query_encoder("auto", "two-stage") == resolve_query_encoder("auto", "global") == "int8"
+    assert resolve_query_encoder("float32", "two-stage") == "float32"
+    assert resolve_query_encoder("int8", "exact") == "int8"
+
+
 def test_an_unknown_precision_is_refused(encoder):
     with pytest.raises(ValueError, match="bf16"):
         query_text_encoder(encoder, "bf16")
+    with pytest.raises(ValueError, match="bf16"):
+        resolve_query_encoder("bf16", "exact")
     with pytest.raises(ValueError, match="query_encoder"):
         SearchConfig(query_encoder="bf16")
 
