@@ -73,7 +73,9 @@ class SearchBackend:
         index = SearchIndex(loaded.model, vocab, gallery, status)
         captions = None
         if files.captions is not None:
-            captions = index.encode_captions(load_caption_set(files.captions), config)
+            # encoded once for every mode a request may ask: "auto" means float32 here, so exact stays exact
+            once = replace(config, query_encoder="float32") if config.query_encoder == "auto" else config
+            captions = index.encode_captions(load_caption_set(files.captions), once)
         manifest = pq.read_table(files.store / MANIFEST, columns=["image_id", "relpath"]).to_pydict()
         root = None if files.images_root is None else files.images_root.resolve()
         if root is not None and not root.is_dir():
