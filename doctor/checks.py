@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from models.compat import load_model
+from models.head_training import HEAD_CHECKPOINT, read_head_checkpoint
 from pipeline.captions import END, PAD, START, Vocabulary, read_captions
 from pipeline.errors import InputError
 from pipeline.store import verify_store
@@ -98,7 +99,15 @@ def check_unfinished_tasks(root: Path) -> list[Finding]:
 
 
 def check_checkpoint(path: Path, vocab: Optional[Vocabulary]) -> list[Finding]:
-    """Loads the checkpoint into a model (safe unpickling); compares its vocab size with the chain's vocabulary."""
+    """Loads the checkpoint into a model (safe unpickling); compares its vocab size with the chain's vocabulary.
+    The head stage's resumable state is only read and checked: it holds the head alone."""
+    if path.name == HEAD_CHECKPOINT:
+        try:
+            read_head_checkpoint(path)
+        except InputError as error:
+            return [Finding(str(path), error.problem, "delete it and re-run training: the head stage starts again on "
+                                                      "model_best.pth's frozen encoders", "checkpoint")]
+        return []
     try:
         loaded = load_model(path)
     except InputError as error:

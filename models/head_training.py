@@ -29,8 +29,11 @@ from models.pooling import GlobalHead
 from models.train import (BEST_CHECKPOINT, SUMMARY, Progress, Ranks, _rng_states, _save_checkpoint, _set_rng_states,
                           epoch_batches)
 from pipeline.atomic import write_text_atomic
+from pipeline.errors import InputError
 
 HEAD_CHECKPOINT = "head_checkpoint.pth"
+HEAD_CHECKPOINT_FORMAT = "scan-pipeline/head-stage/1"
+HEAD_STATE_KEYS = ("model", "optimizer", "epoch", "best_rsum", "best_epoch", "history", "rng")
 HEAD_SEED_OFFSET = 1  # the head's initialisation draws from seed + 1, apart from SCAN's
 
 
@@ -47,7 +50,8 @@ class _HeadStage:
         self.epoch, self.best_rsum, self.best_epoch, self.history = 0, -1.0, -1, []
 
     def payload(self) -> dict[str, Any]:
-        return {"model": self.head.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+        return {"format": HEAD_CHECKPOINT_FORMAT, "model": self.head.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
                 "best_rsum": self.best_rsum, "best_epoch": self.best_epoch, "history": self.history,
                 "rng": _rng_states()}
 
@@ -64,6 +68,16 @@ class _HeadStage:
                 "best_epoch": self.best_epoch, "history": self.history}
 
 
+def read_head_checkpoint(path: Path) -> dict[str, Any]:
+    """The head stage's resumable state (the head alone, not a model: ``load_model`` cannot read it)."""
+    payload = read_checkpoint(path)
+    missing = [key for key in HEAD_STATE_KEYS if key not in payload]
+    if missing or payload.get("format", HEAD_CHECKPOINT_FORMAT) != HEAD_CHECKPOINT_FORMAT:
+        raise InputError(path, f"not a head-stage checkpoint (format {payload.get('format')!r}"
+                               f"{', missing ' + ', '.join(missing) if missing else ''})")
+    return payload
+
+
 def train_head(scan_summary: dict[str, Any], model_config: ModelConfig, train_config: TrainConfig,
                head_config: HeadConfig, vocab_size: int, train_pairs: CaptionPairs, dev_pairs: CaptionPairs,
                out_dir: Path, ranks: Ranks, eval_config: EvalConfig, progress: Progress | None) -> dict[str, Any]:
@@ -72,7 +86,7 @@ def train_head(scan_summary: dict[str, Any], model_config: ModelConfig, train_co
     stage = _HeadStage(_frozen_model(best_payload, model_config, head_config, train_config, vocab_size, ranks),
                        head_config, train_config, ranks)
     if (out_dir / HEAD_CHECKPOINT).is_file():
-        stage.restore(read_checkpoint(out_dir / HEAD_CHECKPOINT))
+        stage.restore(read_head_checkpoint(out_dir / HEAD_CHECKPOINT))
     for epoch in range(stage.epoch, head_config.head_epochs):
         _head_epoch(stage, train_pairs, train_config, epoch)
         stage.epoch = epoch + 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -11,7 +12,12 @@ import pytest
 import torch
 
 from doctor.__main__ import main
+from models.config import HeadConfig
+from models.head_training import HEAD_CHECKPOINT
+from models.train import train
 from pipeline.captions import Vocabulary
+from pipeline.workspace import MARKER
+from tests.models.test_train import MODEL, TRAIN, VOCAB_SIZE, precomp_pairs
 from tests.reliability.workspace_builder import WORDS, build_workspace, save_checkpoint
 
 
@@ -125,3 +131,19 @@ def test_interrupted_task_folder_is_reported(workspace, capsys) -> None:
     [finding] = _problems(root, capsys)["problems"]
     assert finding["check"] == "task" and "unfinished TrainModel task" in finding["problem"]
     assert "re-run the workflow" in finding["fix"]
+
+
+def test_the_head_stage_checkpoint_of_a_real_training_is_clean_and_its_damage_found(tmp_path, capsys) -> None:
+    """Training with the default head stage leaves head_checkpoint.pth (the head alone, resumable) beside the
+    model checkpoints; the doctor reads it as that, not as a model (a container smoke run found it reported)."""
+    root = tmp_path / "ws"
+    folder = root / "TrainModel" / "demo-0123456789"
+    pairs = precomp_pairs(tmp_path, "train", 60, 0, 1), precomp_pairs(tmp_path, "dev", 20, 1)
+    train(MODEL, replace(TRAIN, num_epochs=1), VOCAB_SIZE, *pairs, folder, head_config=HeadConfig(head_epochs=1))
+    (folder / MARKER).write_text("{}")
+    report = _problems(root, capsys)
+    assert (folder / HEAD_CHECKPOINT).is_file() and report["checked"]["checkpoints"] == 3
+    assert report["problems"] == []
+    torch.save({"model": {}, "epoch": 1}, folder / HEAD_CHECKPOINT)
+    [problem] = _problems(root, capsys)["problems"]
+    assert problem["path"] == str(folder / HEAD_CHECKPOINT) and "not a head-stage checkpoint" in problem["problem"]
