@@ -341,6 +341,10 @@ check_unwritable_workspaces() {
     [ "$ENGINE" = podman ] || check_refused engine_created_folder -v "$dir/missing:/workspace"
 }
 
+# The runner's own output from `compose up`'s log: compose prefixes each line with the container's name
+# and, even into a file, with terminal escapes (erase line) that must go before the prefix can match.
+runner_lines() { sed -E 's/\x1b\[[0-9;?]*[A-Za-z]//g' "$1" | sed -nE 's/^runner[^|]*\| ?//p'; }
+
 run_readme_compose() {
     [ "$COMPOSE" = 1 ] || { report "compose=skipped (--no-compose)"; return; }
     [ "$ENGINE" = docker ] || die "the compose run needs docker (podman: pass --no-compose)"
@@ -355,7 +359,7 @@ run_readme_compose() {
     start="$(date +%s)"
     (cd "$dir" && sh -c "$line") >"$WORK/compose.log" 2>&1 || { tail -40 "$WORK/compose.log" >&2; die "the README's docker compose up failed"; }
     report "compose_seconds=$(( $(date +%s) - start ))"
-    sed -nE 's/^runner[^|]*\| ?//p' "$WORK/compose.log" >"$WORK/compose-runner.log"
+    runner_lines "$WORK/compose.log" >"$WORK/compose-runner.log"
     check_demo_output "$WORK/compose-runner.log" "$dir/workspace"
 }
 
@@ -418,4 +422,5 @@ main() {
     run_readme_compose
 }
 
-main "$@"
+# Sourced (the tests call its functions), it only defines them.
+[ "${BASH_SOURCE[0]}" != "$0" ] || main "$@"

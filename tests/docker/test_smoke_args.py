@@ -79,3 +79,18 @@ def test_a_readme_without_the_line_is_refused(tmp_path):
     assert "README.md: expected one line matching" in result.stderr and "found 2" in result.stderr
     (tmp_path / "README.md").write_text(readme.replace(run_line, ""))
     assert "found 0" in smoke("--print-readme-commands", script=Path(script)).stderr
+
+
+def test_the_runner_table_is_found_in_a_compose_log_with_terminal_escapes(tmp_path):
+    """compose 2.26 writes "ESC[2Krunner-1  | ..." even into a file; the first full smoke run missed the table."""
+    log = tmp_path / "compose.log"
+    log.write_bytes(b" Container scan-pipeline-runner-1  Started\n"
+                    b"\x1b[2Kdask-worker-1  | rsum 1.0\n"
+                    b"\x1b[2Krunner-1  | i2t       78.0    95.0    97.0     1.0     1.7\n"
+                    b"\x1b[2K\x1b[1;31mrunner-1  | rsum     545.0\n"
+                    b"runner-1  | plain line\n")
+    result = subprocess.run(["bash", "-c", f'source "{SMOKE}" && runner_lines "{log}"'], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["i2t       78.0    95.0    97.0     1.0     1.7", "rsum     545.0",
+                                          "plain line"]
