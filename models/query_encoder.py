@@ -4,7 +4,7 @@ A search answers one caption at a time, and then the bi-GRU's recurrent step is 
 product bound by memory bandwidth: every word reads both directions' recurrent weights (2 x 12.6 MB
 in float32 at embed_size 1024). PyTorch's dynamic quantization (torch.ao, fbgemm on x86) keeps them
 as int8 and quantizes the activations on the fly, a quarter of the bytes per word. Measured on
-the 2-core machine (README, search section): a 14-word query 28 ms -> under 3 ms, word embeddings
+the 2-core machine (README, search section): a 14-word query 31 ms -> 8 ms, word embeddings
 within cosine 0.9999 of float32. "auto" uses it where the ranking is approximate anyway (two-stage,
 global) and keeps exact search exactly the trained model's; evaluation never uses it.
 """

@@ -48,7 +48,7 @@ class SearchConfig:
         "help": "IVF index (large galleries): inverted lists scanned per query."})
     query_encoder: str = field(default="auto", metadata={
         "help": "Caption encoder for queries and caption galleries: int8 (the GRU's weights dynamically quantized: "
-                "~10x faster per query on the CPU, recall within a point on the demo; see README) | float32 (the "
+                "~4x faster per query on the CPU, recall within a point on the demo; see README) | float32 (the "
                 "trained model as it is, as `evaluate` uses it) | auto (float32 for exact, int8 for two-stage and "
                 "global).", "choices": QUERY_ENCODERS})
     index_policy: str = field(default="build", metadata={
