@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build an image and run it the way README.md says, for real: not part of `make test` (it needs an
-# engine, ~20 GB of disk and, on two cores, most of an hour). See `docker/smoke.sh --help`.
+# engine, ~20 GB of disk and, on two quiet cores, about 21 minutes for the CPU image).
+# See `docker/smoke.sh --help`.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
