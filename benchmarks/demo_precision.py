@@ -39,8 +39,7 @@ def store_agreement(reference: Path, other: Path) -> dict:
     agreement = compare_runs([ref.get(i) for i in ids], [out.get(i) for i in ids])
     return {"images": len(ids), "boxes": agreement.boxes, "matched_pct": round(100 * agreement.matched_fraction, 2),
             "cosine_mean": round(agreement.mean_cosine, 5), "cosine_min": round(agreement.min_cosine, 5),
-            "amp_dtype": [json.loads((store / "store.json").read_text())["extractor"].get("amp_dtype") or "float32"
-                          for store in (reference, other)]}
+            "amp_dtype": [reader.info.extractor.get("amp_dtype") or "float32" for reader in (ref, out)]}
 
 
 def recall_rows(workspace: Path) -> dict:

@@ -24,6 +24,7 @@ from models.attention_viz import pair_attention
 from models.compat import load_model_with_vocab
 from models.encoders import SCANModel
 from models.index import GalleryIndex, check_index, checkpoint_key, index_dir, open_index
+from models.query_encoder import resolve_query_encoder
 from models.retrieval import MODES, Embeddings
 from models.search import EncodedCaptions, QueryResult, SearchConfig, SearchIndex, load_caption_set
 from models.vector_index import VectorIndex
@@ -73,8 +74,8 @@ class SearchBackend:
         index = SearchIndex(loaded.model, vocab, gallery, status)
         captions = None
         if files.captions is not None:
-            # encoded once for every mode a request may ask: "auto" means float32 here, so exact stays exact
-            once = replace(config, query_encoder="float32") if config.query_encoder == "auto" else config
+            # encoded once for every mode a request may ask, so with the encoder exact search needs
+            once = replace(config, query_encoder=resolve_query_encoder(config.query_encoder, "exact"))
             captions = index.encode_captions(load_caption_set(files.captions), once)
         manifest = pq.read_table(files.store / MANIFEST, columns=["image_id", "relpath"]).to_pydict()
         root = None if files.images_root is None else files.images_root.resolve()
