@@ -8,10 +8,13 @@ Stages (add one by writing `stage_<name>(args)` and listing it in STAGES):
              detector forward on the same images already decoded. Target: overhead <= 10 %.
   speed      R101-C4-VG at 600/1000 px, 300 proposals, 36 boxes: today's float32 path against each faster
              setting on the same photos (interleaved, ratios per round), the quality of each against float32
-             (boxes matched at IoU >= 0.9, feature cosine), and the per-stage time (benchmarks/extract_speed.py).
+             (boxes matched at IoU >= 0.9, feature cosine), and the per-stage time (benchmarks/extract_speed.py);
+             ONNX Runtime (body + res5) is one of the settings.
   quality    bf16 autocast against the float32 default, R101-C4-VG at the standard size on real photos (stand-in
              weights): boxes matched at IoU >= 0.9 and feature cosine, photo by photo (bf16 is emulated, and slow,
              on CPUs without bf16 instructions). Targets: >= 95 % matched, mean cosine >= 0.995.
+  layout     the machine's cores as one process with all threads or as Dask workers with fewer each
+             (benchmarks/extract_layout.py), files -> store, for each runtime (torch, onnxruntime).
   selection  caffe region selection (per-class NMS over 300 proposals x 1601 classes) against a
              numpy loop of Caffe's per-class `py_cpu_nms`, as generate_tsv.py runs it, on the same
              inputs; outputs must be identical. Target: >= 10x faster and <= 100 ms per image.
@@ -38,6 +41,8 @@ from extractors.loader import ImageFile  # noqa: E402
 from extractors.preprocess import collate_images, prepare_image  # noqa: E402
 from extractors.selection import select_regions  # noqa: E402
 from pipeline.store import StoreConfig  # noqa: E402
+from benchmarks.extract_layout import add_arguments as add_layout_arguments  # noqa: E402
+from benchmarks.extract_layout import stage_layout  # noqa: E402
 from benchmarks.extract_speed import add_arguments as add_speed_arguments  # noqa: E402
 from benchmarks.extract_speed import stage_quality, stage_speed  # noqa: E402
 from tests.extractors.references import py_cpu_nms  # noqa: E402  (the loop the selection is timed against)
@@ -165,7 +170,8 @@ def stage_selection(args: argparse.Namespace) -> None:
 
 
 STAGES: dict[str, Callable[[argparse.Namespace], None]] = {"overhead": stage_overhead, "selection": stage_selection,
-                                                           "speed": stage_speed, "quality": stage_quality}
+                                                           "speed": stage_speed, "quality": stage_quality,
+                                                           "layout": stage_layout}
 
 
 def main() -> None:
@@ -186,6 +192,7 @@ def main() -> None:
     parser.add_argument("--boxes", type=int, default=0,
                         help="overhead: regions per image (min = max); default the preset's.")
     add_speed_arguments(parser)
+    add_layout_arguments(parser)
     args = parser.parse_args()
     for name in args.stage or list(STAGES):
         STAGES[name](args)

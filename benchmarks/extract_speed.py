@@ -103,7 +103,8 @@ def variants(args: argparse.Namespace) -> list[Variant]:
                       {"roi_batch_size": ALL_AT_ONCE}, unfused),
               Variant("float32, norms folded, 300 at once", {"roi_batch_size": ALL_AT_ONCE}),
               Variant("float32, norms folded, 16 per res5 pass (default)", {}),
-              Variant("  + channels_last", {}, channels_last)]
+              Variant("  + channels_last", {}, channels_last),
+              Variant("float32 default on ONNX Runtime (body + res5)", {"runtime": "onnxruntime"})]
     if args.with_bf16 or cpu_has_native_bf16():
         chosen.append(Variant("bf16 autocast, norms folded, 16 per pass", {"amp_dtype": "bf16"}))
     if args.compile:
@@ -166,10 +167,10 @@ def decode_and_write(config: ExtractorConfig, paths: list[Path], outputs: list, 
 
 def stage_speed(args: argparse.Namespace) -> None:
     count, rounds = (1, 1) if args.quick else (args.photos, args.rounds)
-    paths = photos(count + 1)
+    paths_all = photos(count + 1)
     base = ExtractorConfig(backbone=args.speed_backbone, device="cpu", min_boxes=36, max_boxes=36)
-    state = standin_state(base, paths[0])
-    paths = paths[1:]  # measured on other photos than the one the stand-in was calibrated on
+    state = standin_state(base, paths_all[0])
+    paths = paths_all[1:]  # measured on other photos than the one the stand-in was calibrated on
     batches = [collate_images([prepare_image(decode_image(path), base)]) for path in paths]
     chosen = variants(args)
     detectors = [build_variant(base, variant, state) for variant in chosen]
@@ -177,6 +178,12 @@ def stage_speed(args: argparse.Namespace) -> None:
           f"{base.rpn_post_nms_topk} proposals, {base.max_boxes} boxes, {count} photos, {rounds} round(s), "
           f"{torch.get_num_threads()} torch threads, CPU {torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16: {cpu_has_native_bf16()}", flush=True)
+    # One untimed call per setting on the calibration photo: one-time costs (oneDNN primitives, ONNX export,
+    # torch.compile) are printed apart, and the rounds time each setting as a shard's later images see it.
+    first_calls = [timed(detector, collate_images([prepare_image(decode_image(paths_all[0]), base)]),
+                         StageClock())[0] for detector in detectors]
+    for variant, seconds in zip(chosen, first_calls):
+        print(f"  first call (untimed warm-up) {variant.name}: {seconds:.1f} s wall", flush=True)
     clocks = [StageClock() for _ in chosen]
     walls = np.zeros((rounds, len(chosen)))
     cpus = np.zeros((rounds, len(chosen)))
@@ -191,18 +198,21 @@ def stage_speed(args: argparse.Namespace) -> None:
                     outputs[index] += result
                 print(f"  round {round_index + 1} {chosen[index].name}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
     decode_and_write(base, paths, outputs[2], clocks[2])
-    report(chosen, walls, cpus, outputs, clocks, count, rounds)
+    report(chosen, walls, cpus, outputs, clocks, count, rounds, first_calls)
 
 
 def report(chosen: list[Variant], walls: np.ndarray, cpus: np.ndarray, outputs: list, clocks: list[StageClock],
-           count: int, rounds: int) -> None:
-    print(f"\n{'setting':<60} {'images/s (wall)':>15} {'CPU s/image':>12} {'x before (CPU)':>16}  "
-          "quality vs float32 before")
+           count: int, rounds: int, first_calls: list[float]) -> None:
+    print(f"\n{'setting':<60} {'images/s (wall)':>15} {'x before (wall)':>16} {'CPU s/image':>12} "
+          f"{'x before (CPU)':>16} {'first call s':>13}  quality vs float32 before")
     for index, variant in enumerate(chosen):
-        ratios = cpus[:, 0] / cpus[:, index]
-        spread = f"{ratios.min():.2f}-{ratios.max():.2f}" if rounds > 1 else f"{ratios[0]:.2f}"
-        print(f"{variant.name:<60} {count / walls[:, index].min():15.3f} {cpus[:, index].min() / count:12.1f} "
-              f"{spread:>16}  {compare_runs(outputs[0], outputs[index])}")
+        columns = []
+        for seconds in (walls, cpus):
+            ratios = seconds[:, 0] / seconds[:, index]
+            columns.append(f"{ratios.min():.2f}-{ratios.max():.2f}" if rounds > 1 else f"{ratios[0]:.2f}")
+        print(f"{variant.name:<60} {count / walls[:, index].min():15.3f} {columns[0]:>16} "
+              f"{cpus[:, index].min() / count:12.1f} {columns[1]:>16} {first_calls[index]:13.1f}  "
+              f"{compare_runs(outputs[0], outputs[index])}")
     per_image = {name: clocks[2].cpu.get(name, 0.0) / (count if name in ("decode", "write") else count * rounds)
                  for name in STAGES}
     total = sum(per_image.values())
@@ -211,6 +221,12 @@ def report(chosen: list[Variant], walls: np.ndarray, cpus: np.ndarray, outputs: 
         print(f"  {name:<10} {per_image[name]:8.3f} s  {100 * per_image[name] / total:5.1f}%")
     network = sum(per_image[name] for name in STAGES if name not in ("decode", "write"))
     print(f"  outside the network (decode + write): {100 * (total / network - 1):+.2f}% of the bare forward")
+    network_stages = [name for name in STAGES if name not in ("decode", "write")]
+    print("\nnetwork stages of every setting, CPU s per image:")
+    print(f"  {'setting':<60} " + " ".join(f"{name:>10}" for name in network_stages))
+    for variant, clock in zip(chosen, clocks):
+        print(f"  {variant.name:<60} " + " ".join(f"{clock.cpu.get(name, 0.0) / (count * rounds):10.2f}"
+                                                 for name in network_stages))
 
 
 def stage_quality(args: argparse.Namespace) -> None:

@@ -107,6 +107,9 @@ class BottleneckBlock(nn.Module):
         shortcut = x if self.shortcut is None else masked_conv(self.shortcut, x, sizes)[0]
         return F.relu(out + shortcut), out_sizes
 
+    def output_size(self, size: int) -> int:
+        return self.conv3.output_size(self.conv2.output_size(self.conv1.output_size(size)))
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 convs (ResNet-18/34), with a projection shortcut when shape changes."""
@@ -125,6 +128,9 @@ class BasicBlock(nn.Module):
         shortcut = x if self.shortcut is None else masked_conv(self.shortcut, x, sizes)[0]
         return F.relu(out + shortcut), out_sizes
 
+    def output_size(self, size: int) -> int:
+        return self.conv2.output_size(self.conv1.output_size(size))
+
 
 class Stage(nn.Sequential):
     """A run of residual blocks that carries the valid sizes along."""
@@ -133,6 +139,11 @@ class Stage(nn.Sequential):
         for block in self:
             x, sizes = block(x, sizes)
         return x, sizes
+
+    def output_size(self, size: int) -> int:
+        for block in self:
+            size = block.output_size(size)
+        return size
 
 
 def make_stage(spec: BackboneSpec, stage: int) -> Stage:
@@ -165,6 +176,9 @@ class Stem(nn.Module):
             out_sizes = [(_pooled(h), _pooled(w)) for h, w in out_sizes]
         return out, out_sizes
 
+    def output_size(self, size: int) -> int:
+        return _pooled(self.conv1.output_size(size))
+
 
 def _pooled(size: int) -> int:
     return max(1, math.ceil((size - 3) / 2) + 1)
@@ -187,3 +201,13 @@ class ResNetC4(nn.Module):
             x, sizes = stage(x, sizes)
         assert sizes is not None
         return zero_padding(x, sizes), sizes
+
+    def output_sizes(self, sizes: Sizes) -> Sizes:
+        """The valid res4 (h, w) of images of these sizes, as forward returns them, without running anything."""
+        parts = (self.stem, self.res2, self.res3, self.res4)
+        out = []
+        for h, w in sizes:
+            for part in parts:
+                h, w = part.output_size(h), part.output_size(w)
+            out.append((h, w))
+        return out

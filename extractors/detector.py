@@ -16,6 +16,7 @@ from torch import nn
 
 from extractors.backbone import ResNetC4, fuse_norms
 from extractors.config import ExtractorConfig
+from extractors.onnx_runtime import OnnxParts
 from extractors.precision import autocast
 from extractors.preprocess import ImageBatch
 from extractors.regions import REGION_RULES, DetectorOutput, ImageRegions, describe
@@ -39,6 +40,8 @@ class BottomUpDetector(nn.Module):
                                     nms_thresh=config.rpn_nms_thresh, min_size=config.rpn_min_size)
         self.proposal_generator = RegionProposalNetwork(self.backbone.out_channels, spec, settings, config.recipe)
         self.roi_heads = Res5ROIHeads(spec, with_attributes, config.roi_batch_size)
+        self._onnx: OnnxParts | None = None  # made at the first forward with runtime=onnxruntime
+        self.register_load_state_dict_post_hook(_drop_onnx_parts)
 
     @property
     def device(self) -> torch.device:
@@ -57,9 +60,11 @@ class BottomUpDetector(nn.Module):
         if given_boxes is not None and len(given_boxes) != len(batch.image_sizes):
             raise ValueError(f"given_boxes has {len(given_boxes)} entries for a batch of "
                              f"{len(batch.image_sizes)} images")
+        onnx = self._onnx_parts() if self.config.runtime == "onnxruntime" else None
         with torch.inference_mode(), autocast(self.config.amp_dtype, self.device):
             with maybe_stage(clock, "backbone"):
-                features, feature_sizes = self.backbone(batch.images.to(self.device), batch.image_sizes)
+                body = onnx.body if onnx is not None else self.backbone
+                features, feature_sizes = body(batch.images.to(self.device), batch.image_sizes)
             with maybe_stage(clock, "rpn"):
                 if given_boxes is None:
                     rois = self.proposal_generator(features, feature_sizes, batch.image_sizes, batch.scales)
@@ -68,12 +73,20 @@ class BottomUpDetector(nn.Module):
                             for boxes, box_scale in zip(given_boxes, batch.box_scales)]
             with maybe_stage(clock, "res5 head"):
                 needs_deltas = given_boxes is None and self.config.recipe == "airsplay"
-                predictions = self.roi_heads(features, rois, box_deltas=needs_deltas)
+                predictions = self.roi_heads(features, rois, box_deltas=needs_deltas,
+                                             res5_mean=onnx.res5_mean if onnx is not None else None)
         with torch.inference_mode(), maybe_stage(clock, "selection"):
             per_image = _split(rois, predictions, batch)
             if given_boxes is None:
                 return [REGION_RULES[self.config.recipe](regions, self.config) for regions in per_image]
             return [self._given(regions, boxes) for regions, boxes in zip(per_image, given_boxes)]
+
+    def _onnx_parts(self) -> OnnxParts:
+        """The ONNX Runtime sessions for the current weights and thread count, exported on first use."""
+        threads = torch.get_num_threads()
+        if self._onnx is None or self._onnx.threads != threads:
+            self._onnx = OnnxParts(self.backbone, self.roi_heads, threads)
+        return self._onnx
 
     def _scaled_boxes(self, boxes: np.ndarray, box_scale: tuple[float, float]) -> torch.Tensor:
         array = np.asarray(boxes, dtype=np.float32)
@@ -90,6 +103,12 @@ class BottomUpDetector(nn.Module):
         keep = torch.arange(len(regions.proposals), device=regions.proposals.device)
         given = torch.from_numpy(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
         return describe(given, regions, keep, self.config.recipe)
+
+
+def _drop_onnx_parts(module: BottomUpDetector, incompatible_keys: object) -> None:
+    """New weights: sessions exported from the old ones must not run again."""
+    del incompatible_keys
+    module._onnx = None
 
 
 def _split(rois: list[torch.Tensor], predictions: RegionPredictions, batch: ImageBatch) -> list[ImageRegions]:

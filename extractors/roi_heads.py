@@ -9,7 +9,7 @@ with weights 1). The attribute head is optional: the attribute-free published fi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from extractors.config import CPU_ROI_BATCH, GPU_ROI_BATCH, BackboneSpec
 from extractors.rpn import FEATURE_STRIDE
 
 ATTRIBUTE_MODULES = ("cls_embedding", "fc_attr", "attr_score")
+Res5Mean = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -74,8 +75,10 @@ class Res5ROIHeads(nn.Module):
         self.res5 = make_stage(spec, 5)
         self.box_predictor = BoxPredictor(spec, with_attributes)
 
-    def forward(self, features: torch.Tensor, boxes: list[torch.Tensor], box_deltas: bool = False) -> RegionPredictions:
-        pooled = self.pooled_features(features, boxes)
+    def forward(self, features: torch.Tensor, boxes: list[torch.Tensor], box_deltas: bool = False,
+                res5_mean: Optional[Res5Mean] = None) -> RegionPredictions:
+        """`res5_mean` runs res5 and the mean over space elsewhere (extractors.onnx_runtime); default: here."""
+        pooled = self.pooled_features(features, boxes, res5_mean)
         class_logits, attr_logits = self.box_predictor(pooled)
         return RegionPredictions(
             features=pooled.float(),
@@ -84,14 +87,24 @@ class Res5ROIHeads(nn.Module):
             box_deltas=self.box_predictor.bbox_pred(pooled).float() if box_deltas else None,
         )
 
-    def pooled_features(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+    def pooled_features(self, features: torch.Tensor, boxes: list[torch.Tensor],
+                        res5_mean: Optional[Res5Mean] = None) -> torch.Tensor:
         """res5 outputs averaged over space, (R, D), for the boxes of every image in order."""
+        res5_mean = res5_mean or self.res5_mean
         # Pool in float32 even under autocast: half-precision box corners lose whole pixels.
         rois = torch.cat([torch.cat([torch.full((len(b), 1), float(index), device=b.device), b.float()], dim=1)
                           for index, b in enumerate(boxes)])
         step = self.roi_batch or (GPU_ROI_BATCH if features.device.type == "cuda" else CPU_ROI_BATCH)
         features = features.float()
-        parts = [self.res5(roi_pool(features, chunk, output_size=self.pooler_resolution,
-                                    spatial_scale=1.0 / FEATURE_STRIDE))[0].float().mean(dim=(2, 3))
+        parts = [res5_mean(roi_pool(features, chunk, output_size=self.pooler_resolution,
+                                    spatial_scale=1.0 / FEATURE_STRIDE))
                  for chunk in rois.split(step)]
         return torch.cat(parts)
+
+    def res5_mean(self, pooled_rois: torch.Tensor) -> torch.Tensor:
+        return res5_spatial_mean(self.res5, pooled_rois)
+
+
+def res5_spatial_mean(res5: nn.Module, pooled_rois: torch.Tensor) -> torch.Tensor:
+    """ROI-pooled res4 (n, C4, P, P) -> res5 averaged over space, (n, D), in float32."""
+    return res5(pooled_rois)[0].float().mean(dim=(2, 3))

@@ -9,10 +9,11 @@ from pipeline.config import DATASET_NAMES
 from workflows import FeatureStore
 
 OVERRIDES = ({}, {"min_boxes": 10, "max_boxes": 20, "shard_size": 7, "feature_dtype": "float16", "test_short_side": 100,
-                 "amp_dtype": "auto", "roi_batch_size": 8})
+                 "amp_dtype": "auto", "roi_batch_size": 8, "runtime": "onnxruntime", "device": "cpu"})
 TASK_NAMES = {"min_boxes": "extractor_min_boxes", "max_boxes": "extractor_max_boxes",
               "test_short_side": "extractor_test_short_side", "backbone": "extractor_backbone",
-              "amp_dtype": "extractor_amp_dtype", "roi_batch_size": "extractor_roi_batch_size"}
+              "amp_dtype": "extractor_amp_dtype", "roi_batch_size": "extractor_roi_batch_size",
+              "runtime": "extractor_runtime", "device": "extractor_device"}
 
 
 def _cli_flags(values: dict) -> list[str]:
@@ -40,10 +41,16 @@ def test_the_demo_backbone_resizes_as_its_preset_wherever_it_is_chosen() -> None
     assert FeatureStore(dataset="f30k").extractor_config().test_short_side == 600
 
 
-def test_precision_is_part_of_the_store_key_and_the_res5_batch_is_not() -> None:
-    """A bf16 store never shares a directory with a float32 one; the proposals per res5 pass only split work."""
+def test_precision_is_part_of_the_store_key_and_the_res5_batch_and_runtime_are_not() -> None:
+    """A bf16 store never shares a directory with a float32 one; the proposals per res5 pass only split work,
+    and whose float32 kernels run the network gives the same regions (tests/extractors/test_onnx_runtime.py)."""
     params = dict(FeatureStore.get_params())
     assert params["extractor_amp_dtype"].significant and not params["extractor_roi_batch_size"].significant
+    assert not params["extractor_runtime"].significant
+    onnx = FeatureStore(dataset="f30k", extractor_runtime="onnxruntime", extractor_device="cpu").extractor_config()
+    assert onnx.runtime == "onnxruntime"
+    plain = FeatureStore(dataset="f30k", extractor_device="cpu").extractor_config()
+    assert onnx.feature_settings() == plain.feature_settings()
     bf16 = FeatureStore(dataset="f30k", extractor_amp_dtype="bf16", extractor_device="cpu").extractor_config()
     fp32 = FeatureStore(dataset="f30k", extractor_device="cpu").extractor_config()
     assert bf16.feature_settings() != fp32.feature_settings()
