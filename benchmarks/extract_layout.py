@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from distributed import get_worker
+from distributed import Worker
 
 from benchmarks.extract_speed import photos, standin_state
 from extractors.config import ExtractorConfig
@@ -54,8 +54,9 @@ def layouts(cores: int, runtimes: tuple[str, ...]) -> list[Layout]:
     return [Layout(processes, threads, runtime) for runtime in runtimes for processes, threads in splits]
 
 
-def _warm_up_worker(photo: str) -> None:
-    detector = get_worker().plugins[PLUGIN_NAME].detector
+def _warm_up_worker(photo: str, dask_worker: Worker) -> None:
+    """Client.run body (Dask passes the worker as `dask_worker`): one call of the worker's detector."""
+    detector = dask_worker.plugins[PLUGIN_NAME].detector
     detector(collate_images([prepare_image(decode_image(Path(photo)), detector.config)]))
 
 

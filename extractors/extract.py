@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
+import onnxruntime
+import torch
 from tqdm import tqdm
 
 from extractors.config import ExtractorConfig
@@ -25,9 +27,13 @@ from extractors.loader import ImageFile, LoadedBatch, load_batches
 from extractors.plan import ShardJob, plan_extraction
 from extractors.threads import torch_threads
 from pipeline.atomic import remove_abandoned_temp_files
+from pipeline.devices import resolve_device
 from pipeline.errors import InputError
 from pipeline.fingerprints import FileHashCache
 from pipeline.store import RegionRecord, ShardPlan, ShardWriter, StoreConfig
+
+# HDF5 attribute of each shard: JSON of run_settings(), the runtime, threads, device and batch sizes that made it.
+SHARD_RUN_ATTR = "extraction_run"
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,15 @@ def _record(image: ImageFile, output: Any, image_hw: tuple[int, int]) -> RegionR
                         attr_conf=output.attr_conf, image_hw=image_hw)
 
 
+def run_settings(config: ExtractorConfig) -> dict[str, Any]:
+    """How a shard's features were computed, beyond the store's identity: recorded in each shard, since a store
+    may be filled by runs that differ in these (they change features only at float32 rounding)."""
+    onnx = onnxruntime.__version__ if config.runtime == "onnxruntime" else ""
+    return {"runtime": config.runtime, "onnxruntime": onnx, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "device": str(resolve_device(config.device)),
+            "batch_size": config.batch_size, "roi_batch_size": config.roi_batch_size}
+
+
 def extract_shard(job: ShardJob, detector: Any, config: ExtractorConfig, run: RunConfig,
                   progress: Optional[tqdm] = None) -> ShardResult:
     """Detect regions in the job's images and publish them as one shard; unreadable images become failures.
@@ -121,7 +136,7 @@ def extract_shard(job: ShardJob, detector: Any, config: ExtractorConfig, run: Ru
     """
     failed: list[tuple[str, str]] = []
     remove_abandoned_temp_files(job.plan.path.parent, job.plan.path.name)  # one task writes each shard
-    with ShardWriter.for_store(job.store_dir, job.plan.index) as writer:
+    with ShardWriter.for_store(job.store_dir, job.plan.index, {SHARD_RUN_ATTR: run_settings(config)}) as writer:
         for loaded in load_batches(job.images, config, batch_size=config.batch_size, num_workers=run.num_workers,
                                    max_pixels=run.max_pixels, fail_fast=run.fail_fast, boxes=job.boxes):
             failed += _write_batch(writer, loaded, detector, job.plan)

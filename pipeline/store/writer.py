@@ -67,12 +67,16 @@ class ShardWriter:
         self._failures: list[tuple[str, str, str, str]] = []
 
     @classmethod
-    def for_store(cls, store_dir: str | PathLike[str], shard_index: int) -> "ShardWriter":
-        """Writer for shard `shard_index` of an initialised store, configured from its store.json."""
+    def for_store(cls, store_dir: str | PathLike[str], shard_index: int,
+                  shard_attrs: Mapping[str, Any] = {}) -> "ShardWriter":
+        """Writer for shard `shard_index` of an initialised store, configured from its store.json.
+
+        `shard_attrs` are this shard's own (JSON) attributes, e.g. how it was computed; never part of the store's
+        identity."""
         info = read_store_info(store_dir)
         return cls(shard_path(store_dir, shard_index), max_boxes=info.max_boxes, feature_dim=info.feature_dim,
                    feature_dtype=info.feature_dtype,
-                   attrs={"extractor": info.extractor, "weights_sha256": info.weights_sha256})
+                   attrs={**shard_attrs, "extractor": info.extractor, "weights_sha256": info.weights_sha256})
 
     def __enter__(self) -> "ShardWriter":
         store_json = self.path.parent.parent / STORE_JSON

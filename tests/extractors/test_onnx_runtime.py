@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -11,7 +14,10 @@ from PIL import Image
 from extractors.backbone import ResNetC4
 from extractors.config import PRESETS, RUNTIME_FIELDS, ExtractorConfig
 from extractors.detector import build_detector
+from extractors.extract import SHARD_RUN_ATTR, InProcessRunner, RunConfig, extract_dataset
+from extractors.loader import images_in_directory
 from extractors.preprocess import collate_images, prepare_image
+from pipeline.store import StoreConfig, verify_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CONFIG = ExtractorConfig(backbone="R18-C4-demo", device="cpu", rpn_post_nms_topk=40, min_boxes=5, max_boxes=10)
@@ -86,3 +92,25 @@ def test_output_sizes_are_the_sizes_the_body_returns(backbone: str) -> None:
         features, returned = body(images, sizes)
     assert body.output_sizes(sizes) == returned
     assert body.output_sizes([(64, 90)]) == [tuple(features.shape[2:])]
+
+
+def test_one_store_takes_shards_of_both_runtimes_and_each_shard_says_which(shared_data, tmp_path) -> None:
+    """The runtime is not part of the store's identity (the same regions), and each shard records how it was made."""
+    images = tmp_path / "images"
+    images.mkdir()
+    run = RunConfig(num_workers=0)
+    for runtime, photo in (("torch", "000456.jpg"), ("onnxruntime", "004545.jpg")):
+        shutil.copy(shared_data / "butd_demo_images" / photo, images / photo)
+        config = dataclasses.replace(CONFIG, runtime=runtime)
+        runner = InProcessRunner(config, run, detector=build_detector(config), progress=False)
+        summary = extract_dataset(images_in_directory(images), tmp_path / "store", config,
+                                  store=StoreConfig(shard_size=1), run=run, runner=runner, progress=False)
+        assert summary.extracted == 1
+    made_by = []
+    for shard in sorted((tmp_path / "store" / "shards").glob("shard-*.h5")):
+        with h5py.File(shard, "r") as handle:
+            made_by.append(json.loads(handle.attrs[SHARD_RUN_ATTR]))
+    assert [settings["runtime"] for settings in made_by] == ["torch", "onnxruntime"]
+    assert made_by[0]["onnxruntime"] == "" and made_by[1]["onnxruntime"]
+    assert all(settings["device"] == "cpu" and settings["torch_threads"] == 1 for settings in made_by)
+    assert verify_store(tmp_path / "store") == []
