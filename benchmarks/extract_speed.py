@@ -180,8 +180,8 @@ def stage_speed(args: argparse.Namespace) -> None:
           f"native bf16: {cpu_has_native_bf16()}", flush=True)
     # One untimed call per setting on the calibration photo: one-time costs (oneDNN primitives, ONNX export,
     # torch.compile) are printed apart, and the rounds time each setting as a shard's later images see it.
-    first_calls = [timed(detector, collate_images([prepare_image(decode_image(paths_all[0]), base)]),
-                         StageClock())[0] for detector in detectors]
+    warm_up = collate_images([prepare_image(decode_image(paths_all[0]), base)])
+    first_calls = [timed(detector, warm_up, StageClock())[0] for detector in detectors]
     for variant, seconds in zip(chosen, first_calls):
         print(f"  first call (untimed warm-up) {variant.name}: {seconds:.1f} s wall", flush=True)
     clocks = [StageClock() for _ in chosen]
@@ -219,9 +219,9 @@ def report(chosen: list[Variant], walls: np.ndarray, cpus: np.ndarray, outputs: 
     print("\nper-stage CPU time of the default setting, per image (decode and write once per photo):")
     for name in STAGES:
         print(f"  {name:<10} {per_image[name]:8.3f} s  {100 * per_image[name] / total:5.1f}%")
-    network = sum(per_image[name] for name in STAGES if name not in ("decode", "write"))
-    print(f"  outside the network (decode + write): {100 * (total / network - 1):+.2f}% of the bare forward")
     network_stages = [name for name in STAGES if name not in ("decode", "write")]
+    network = sum(per_image[name] for name in network_stages)
+    print(f"  outside the network (decode + write): {100 * (total / network - 1):+.2f}% of the bare forward")
     print("\nnetwork stages of every setting, CPU s per image:")
     print(f"  {'setting':<60} " + " ".join(f"{name:>10}" for name in network_stages))
     for variant, clock in zip(chosen, clocks):
