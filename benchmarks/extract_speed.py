@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnxruntime
 import torch
 
 from extractors.backbone import ConvNorm, fuse_norms
 from extractors.config import ExtractorConfig
 from extractors.detector import BottomUpDetector, build_detector
 from extractors.images import decode_image
+from extractors.onnx_runtime import cpu_session, export_graph
 from extractors.precision import cpu_has_native_bf16
 from extractors.preprocess import ImageBatch, collate_images, prepare_image
 from extractors.quality import compare_runs
@@ -89,6 +91,70 @@ class _Res5Only(torch.nn.Module):
         return self.stage(x)[0]
 
 
+def int8_res5(calibration: ImageBatch) -> Callable[[BottomUpDetector], BottomUpDetector]:
+    """res5 on ONNX Runtime in int8: static quantization (onnxruntime.quantization; int8 weights per output
+    channel, uint8 activations with MinMax ranges from the proposals of `calibration`, QOperator kernels),
+    the rest as the float32 default. Not an option of the extractor: see README, "Extraction speed"."""
+
+    def prepare(detector: BottomUpDetector) -> BottomUpDetector:
+        started = time.perf_counter()
+        fuse_norms(detector)
+        recorder = _InputRecorder(detector.roi_heads.res5)
+        detector.roi_heads.res5 = recorder
+        detector(calibration)
+        session = quantized_res5(recorder.stage, recorder.inputs)
+        detector.roi_heads.res5 = _OnnxStage(session)
+        print(f"  res5 int8: calibrated on {sum(len(x) for x in recorder.inputs)} proposals and quantized in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+        return detector
+
+    return prepare
+
+
+def quantized_res5(stage: torch.nn.Module, inputs: list[np.ndarray]) -> onnxruntime.InferenceSession:
+    """`stage` exported to ONNX, quantized to int8 with ranges from `inputs`, as a CPU session."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Inputs(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = iter(inputs)
+
+        def get_next(self) -> dict | None:
+            return next(({"x": array} for array in self.left), None)
+
+    example = torch.from_numpy(inputs[0][:2])
+    with tempfile.TemporaryDirectory() as folder:
+        plain, prepared, quantized = (Path(folder) / name for name in ("res5.onnx", "prepared.onnx", "int8.onnx"))
+        plain.write_bytes(export_graph(_Res5Only(stage), example, {0: "n"}))
+        quant_pre_process(plain, prepared, skip_symbolic_shape=True)
+        quantize_static(prepared, quantized, Inputs(), quant_format=QuantFormat.QOperator, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return cpu_session(quantized.read_bytes(), torch.get_num_threads())
+
+
+class _InputRecorder(torch.nn.Module):
+    """A stage that keeps a copy of what it is given (calibration inputs)."""
+
+    def __init__(self, stage: torch.nn.Module) -> None:
+        super().__init__()
+        self.stage = stage
+        self.inputs: list[np.ndarray] = []
+
+    def forward(self, x: torch.Tensor, sizes=None):
+        self.inputs.append(x.float().numpy().copy())
+        return self.stage(x, sizes)
+
+
+class _OnnxStage(torch.nn.Module):
+    def __init__(self, session: onnxruntime.InferenceSession) -> None:
+        super().__init__()
+        self.session = session
+
+    def forward(self, x: torch.Tensor, sizes=None) -> tuple[torch.Tensor, None]:
+        return torch.from_numpy(self.session.run(None, {"x": x.float().contiguous().numpy()})[0]), None
+
+
 class _OpenVINOStage(torch.nn.Module):
     def __init__(self, compiled) -> None:
         super().__init__()
@@ -98,7 +164,7 @@ class _OpenVINOStage(torch.nn.Module):
         return torch.from_numpy(self.request.infer({0: x.numpy()})[0].copy()), None
 
 
-def variants(args: argparse.Namespace) -> list[Variant]:
+def variants(args: argparse.Namespace, calibration: ImageBatch) -> list[Variant]:
     chosen = [Variant("float32 before issue 16 (norms as passes, 300 proposals at once)",
                       {"roi_batch_size": ALL_AT_ONCE}, unfused),
               Variant("float32, norms folded, 300 at once", {"roi_batch_size": ALL_AT_ONCE}),
@@ -111,6 +177,8 @@ def variants(args: argparse.Namespace) -> list[Variant]:
         chosen.append(Variant("float32 default + torch.compile(res5)", {}, compiled_res5))
     if args.openvino:
         chosen.append(Variant("float32 default, res5 on OpenVINO", {}, openvino_res5))
+    if args.int8:
+        chosen.append(Variant("res5 int8 on ONNX Runtime, the rest float32 default", {}, int8_res5(calibration)))
     return chosen
 
 
@@ -172,15 +240,15 @@ def stage_speed(args: argparse.Namespace) -> None:
     state = standin_state(base, paths_all[0])
     paths = paths_all[1:]  # measured on other photos than the one the stand-in was calibrated on
     batches = [collate_images([prepare_image(decode_image(path), base)]) for path in paths]
-    chosen = variants(args)
+    # One untimed call per setting on the calibration photo: one-time costs (oneDNN primitives, ONNX export,
+    # torch.compile) are printed apart, and the rounds time each setting as a shard's later images see it.
+    warm_up = collate_images([prepare_image(decode_image(paths_all[0]), base)])
+    chosen = variants(args, calibration=warm_up)
     detectors = [build_variant(base, variant, state) for variant in chosen]
     print(f"[speed] {base.backbone} stand-in weights, {base.test_short_side}/{base.test_max_side} px, "
           f"{base.rpn_post_nms_topk} proposals, {base.max_boxes} boxes, {count} photos, {rounds} round(s), "
           f"{torch.get_num_threads()} torch threads, CPU {torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16: {cpu_has_native_bf16()}", flush=True)
-    # One untimed call per setting on the calibration photo: one-time costs (oneDNN primitives, ONNX export,
-    # torch.compile) are printed apart, and the rounds time each setting as a shard's later images see it.
-    warm_up = collate_images([prepare_image(decode_image(paths_all[0]), base)])
     first_calls = [timed(detector, warm_up, StageClock())[0] for detector in detectors]
     for variant, seconds in zip(chosen, first_calls):
         print(f"  first call (untimed warm-up) {variant.name}: {seconds:.1f} s wall", flush=True)
@@ -230,14 +298,18 @@ def report(chosen: list[Variant], walls: np.ndarray, cpus: np.ndarray, outputs: 
 
 
 def stage_quality(args: argparse.Namespace) -> None:
-    """bf16 autocast against the float32 default on the same photos: the quality guard and the time of each.
+    """A reduced-precision setting (bf16 autocast, or res5 in int8) against the float32 default on the same
+    photos: the quality guard and the time of each.
 
     Photo by photo, so a long run (bf16 is emulated, tens of times slower, on CPUs without bf16) reports as it goes.
     """
     paths = photos(args.quality_photos + 1)
     base = ExtractorConfig(backbone=args.speed_backbone, device="cpu", min_boxes=36, max_boxes=36)
     state = standin_state(base, paths[0])
-    chosen = [Variant("float32 (default)", {}), Variant("bf16 autocast", {"amp_dtype": "bf16"})]
+    calibration = collate_images([prepare_image(decode_image(paths[0]), base)])
+    reduced = {"bf16": Variant("bf16 autocast", {"amp_dtype": "bf16"}),
+               "int8": Variant("res5 int8", {}, int8_res5(calibration))}[args.quality_setting]
+    chosen = [Variant("float32 (default)", {}), reduced]
     detectors = [build_variant(base, variant, state) for variant in chosen]
     print(f"[quality] {base.backbone} stand-in weights, {base.test_short_side}/{base.test_max_side} px, "
           f"{base.rpn_post_nms_topk} proposals, {base.max_boxes} boxes, {torch.get_num_threads()} torch threads, "
@@ -251,7 +323,7 @@ def stage_quality(args: argparse.Namespace) -> None:
             outputs[index] += result
             seconds.append(f"{chosen[index].name} {wall:.1f} s wall, {cpu:.1f} s CPU")
         print(f"  {path.name}: {'; '.join(seconds)}; {compare_runs(outputs[0][-1:], outputs[1][-1:])}", flush=True)
-    print(f"bf16 vs float32 over {len(paths) - 1} photos: {compare_runs(outputs[0], outputs[1])} "
+    print(f"{reduced.name} vs float32 over {len(paths) - 1} photos: {compare_runs(outputs[0], outputs[1])} "
           "(targets: >= 95% matched, mean cosine >= 0.995)")
 
 
@@ -265,5 +337,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="speed: add torch.compile of the res5 head.")
     parser.add_argument("--openvino", action="store_true",
                         help="speed: add the res5 head on OpenVINO (pip install openvino).")
+    parser.add_argument("--int8", action="store_true",
+                        help="speed: add res5 in int8 on ONNX Runtime (static quantization, calibrated on the "
+                             "stand-in's calibration photo).")
     parser.add_argument("--quality-photos", type=int, default=2,
-                        help="quality: photos on which bf16 is compared with float32 (f30k_mini, then Flickr8k).")
+                        help="quality: photos compared with float32 (f30k_mini, then Flickr8k).")
+    parser.add_argument("--quality-setting", choices=("bf16", "int8"), default="bf16",
+                        help="quality: the reduced precision compared with float32 (int8: res5 on ONNX Runtime).")

@@ -53,7 +53,7 @@ class _Res5MeanGraph(nn.Module):
         return res5_spatial_mean(self.res5, pooled_rois)
 
 
-def _export(graph: nn.Module, example: torch.Tensor, dynamic_axes: dict[int, str]) -> bytes:
+def export_graph(graph: nn.Module, example: torch.Tensor, dynamic_axes: dict[int, str]) -> bytes:
     """The graph as ONNX bytes, by the TorchScript exporter: torch.export (dynamo=True) cannot express the
     stem's ceil-mode pool over a symbolic image size (tried with the pinned torch 2.14.1), so the exporter
     PyTorch now calls legacy is the one that exports this graph with dynamic height and width."""
@@ -65,7 +65,9 @@ def _export(graph: nn.Module, example: torch.Tensor, dynamic_axes: dict[int, str
     return buffer.getvalue()
 
 
-def _session(model: bytes, threads: int) -> onnxruntime.InferenceSession:
+def cpu_session(model: bytes, threads: int) -> onnxruntime.InferenceSession:
+    """A session on ONNX Runtime's CPU kernels, all graph optimisations, `threads` intra-op threads and no
+    inter-op pool (the graphs are one chain of convolutions)."""
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -81,10 +83,10 @@ class OnnxParts:
         self.threads = threads
         self._body = body
         channels, resolution = body.out_channels, heads.pooler_resolution
-        self._body_session = _session(_export(_BodyGraph(body), torch.zeros(1, 3, 64, 64), {2: "h", 3: "w"}),
-                                      threads)
-        self._res5_session = _session(_export(_Res5MeanGraph(heads), torch.zeros(2, channels, resolution, resolution),
-                                              {0: "n"}), threads)
+        body_graph = export_graph(_BodyGraph(body), torch.zeros(1, 3, 64, 64), {2: "h", 3: "w"})
+        res5_graph = export_graph(_Res5MeanGraph(heads), torch.zeros(2, channels, resolution, resolution), {0: "n"})
+        self._body_session = cpu_session(body_graph, threads)
+        self._res5_session = cpu_session(res5_graph, threads)
         log.info("body and res5 exported to ONNX Runtime %s in %.1f s (%d threads)", onnxruntime.__version__,
                  time.perf_counter() - started, threads)
 
