@@ -91,9 +91,9 @@ class _Res5Only(torch.nn.Module):
         return self.stage(x)[0]
 
 
-def int8_res5(calibration: ImageBatch) -> Callable[[BottomUpDetector], BottomUpDetector]:
+def int8_res5(calibration: list[ImageBatch]) -> Callable[[BottomUpDetector], BottomUpDetector]:
     """res5 on ONNX Runtime in int8: static quantization (onnxruntime.quantization; int8 weights per output
-    channel, uint8 activations with MinMax ranges from the proposals of `calibration`, QOperator kernels),
+    channel, uint8 activations with MinMax ranges from the proposals of the `calibration` photos, QOperator kernels),
     the rest as the float32 default. Not an option of the extractor: see README, "Extraction speed"."""
 
     def prepare(detector: BottomUpDetector) -> BottomUpDetector:
@@ -101,7 +101,8 @@ def int8_res5(calibration: ImageBatch) -> Callable[[BottomUpDetector], BottomUpD
         fuse_norms(detector)
         recorder = _InputRecorder(detector.roi_heads.res5)
         detector.roi_heads.res5 = recorder
-        detector(calibration)
+        for batch in calibration:
+            detector(batch)
         session = quantized_res5(recorder.stage, recorder.inputs)
         detector.roi_heads.res5 = _OnnxStage(session)
         print(f"  res5 int8: calibrated on {sum(len(x) for x in recorder.inputs)} proposals and quantized in "
@@ -164,7 +165,7 @@ class _OpenVINOStage(torch.nn.Module):
         return torch.from_numpy(self.request.infer({0: x.numpy()})[0].copy()), None
 
 
-def variants(args: argparse.Namespace, calibration: ImageBatch) -> list[Variant]:
+def variants(args: argparse.Namespace, calibration: list[ImageBatch]) -> list[Variant]:
     chosen = [Variant("float32 before issue 16 (norms as passes, 300 proposals at once)",
                       {"roi_batch_size": ALL_AT_ONCE}, unfused),
               Variant("float32, norms folded, 300 at once", {"roi_batch_size": ALL_AT_ONCE}),
@@ -189,6 +190,12 @@ def photos(count: int, folders: tuple[Path, ...] = PHOTO_DIRS) -> list[Path]:
         raise SystemExit(f"need {count} .jpg photos in {', '.join(str(Path(d).resolve()) for d in folders)} "
                          f"(found {len(paths)})")
     return paths
+
+
+def calibration_batches(base: ExtractorConfig, measured: int, count: int) -> list[ImageBatch]:
+    """int8 calibration photos: the stand-in's calibration photo, then `count - 1` after the `measured` ones."""
+    chosen = photos(measured + count)
+    return [collate_images([prepare_image(decode_image(path), base)]) for path in [chosen[0], *chosen[measured + 1:]]]
 
 
 def standin_state(config: ExtractorConfig, photo: Path) -> dict[str, torch.Tensor]:
@@ -242,8 +249,9 @@ def stage_speed(args: argparse.Namespace) -> None:
     batches = [collate_images([prepare_image(decode_image(path), base)]) for path in paths]
     # One untimed call per setting on the calibration photo: one-time costs (oneDNN primitives, ONNX export,
     # torch.compile) are printed apart, and the rounds time each setting as a shard's later images see it.
-    warm_up = collate_images([prepare_image(decode_image(paths_all[0]), base)])
-    chosen = variants(args, calibration=warm_up)
+    calibration = calibration_batches(base, count, args.int8_calibration_photos)
+    warm_up = calibration[0]
+    chosen = variants(args, calibration)
     detectors = [build_variant(base, variant, state) for variant in chosen]
     print(f"[speed] {base.backbone} stand-in weights, {base.test_short_side}/{base.test_max_side} px, "
           f"{base.rpn_post_nms_topk} proposals, {base.max_boxes} boxes, {count} photos, {rounds} round(s), "
@@ -306,7 +314,7 @@ def stage_quality(args: argparse.Namespace) -> None:
     paths = photos(args.quality_photos + 1)
     base = ExtractorConfig(backbone=args.speed_backbone, device="cpu", min_boxes=36, max_boxes=36)
     state = standin_state(base, paths[0])
-    calibration = collate_images([prepare_image(decode_image(paths[0]), base)])
+    calibration = calibration_batches(base, args.quality_photos, args.int8_calibration_photos)
     reduced = {"bf16": Variant("bf16 autocast", {"amp_dtype": "bf16"}),
                "int8": Variant("res5 int8", {}, int8_res5(calibration))}[args.quality_setting]
     chosen = [Variant("float32 (default)", {}), reduced]
@@ -339,7 +347,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="speed: add the res5 head on OpenVINO (pip install openvino).")
     parser.add_argument("--int8", action="store_true",
                         help="speed: add res5 in int8 on ONNX Runtime (static quantization, calibrated on the "
-                             "stand-in's calibration photo).")
+                             "stand-in's calibration photo and --int8-calibration-photos - 1 more).")
+    parser.add_argument("--int8-calibration-photos", type=int, default=1,
+                        help="int8: photos whose proposals set the activation ranges: the stand-in's calibration "
+                             "photo, then photos after the measured ones.")
     parser.add_argument("--quality-photos", type=int, default=2,
                         help="quality: photos compared with float32 (f30k_mini, then Flickr8k).")
     parser.add_argument("--quality-setting", choices=("bf16", "int8"), default="bf16",
