@@ -10,10 +10,11 @@ Stages (add one by writing `stage_<name>(args)` and listing it in STAGES):
              setting on the same photos (interleaved, ratios per round), the quality of each against float32
              (boxes matched at IoU >= 0.9, feature cosine), and the per-stage time (benchmarks/extract_speed.py);
              ONNX Runtime (body + res5) is one of the settings; --int8 adds res5 in int8 (measured, not offered).
-  quality    bf16 autocast (or, --quality-setting int8, res5 in int8) against the float32 default, R101-C4-VG at
-             the standard size on real photos (stand-in weights): boxes matched at IoU >= 0.9 and feature cosine,
-             photo by photo (bf16 is emulated, and slow, on CPUs without bf16 instructions). Targets: >= 95 %
-             matched, mean cosine >= 0.995.
+  quality    bf16 autocast (or, --quality-setting int8, res5 in int8; perturbed, float32 with seeded relative
+             noise on res5's output, a control of how fragile the selection is) against the float32 default,
+             R101-C4-VG at the standard size on real photos (stand-in weights): boxes matched at IoU >= 0.9 and
+             feature cosine, photo by photo (bf16 is emulated, and slow, on CPUs without bf16 instructions).
+             Targets: >= 95 % matched, mean cosine >= 0.995.
   layout     the machine's cores as one process with all threads or as Dask workers with fewer each
              (benchmarks/extract_layout.py), files -> store, for each runtime (torch, onnxruntime).
   selection  caffe region selection (per-class NMS over 300 proposals x 1601 classes) against a

@@ -134,6 +134,29 @@ def quantized_res5(stage: torch.nn.Module, inputs: list[np.ndarray]) -> onnxrunt
         return cpu_session(quantized.read_bytes(), torch.get_num_threads())
 
 
+def perturbed_res5(scale: float) -> Callable[[BottomUpDetector], BottomUpDetector]:
+    """The float32 default with every res5 output multiplied by (1 + scale * N(0, 1)), seeded: a control that
+    shows how many selected boxes a change of a known, tiny size re-ranks on these weights."""
+
+    def prepare(detector: BottomUpDetector) -> BottomUpDetector:
+        fuse_norms(detector).roi_heads.res5 = _Perturbed(detector.roi_heads.res5, scale)
+        return detector
+
+    return prepare
+
+
+class _Perturbed(torch.nn.Module):
+    def __init__(self, stage: torch.nn.Module, scale: float) -> None:
+        super().__init__()
+        self.stage = stage
+        self.scale = scale
+        self.noise = torch.Generator().manual_seed(0)
+
+    def forward(self, x: torch.Tensor, sizes=None):
+        out, out_sizes = self.stage(x, sizes)
+        return out * (1 + self.scale * torch.randn(out.shape, generator=self.noise)), out_sizes
+
+
 class _InputRecorder(torch.nn.Module):
     """A stage that keeps a copy of what it is given (calibration inputs)."""
 
@@ -306,17 +329,19 @@ def report(chosen: list[Variant], walls: np.ndarray, cpus: np.ndarray, outputs: 
 
 
 def stage_quality(args: argparse.Namespace) -> None:
-    """A reduced-precision setting (bf16 autocast, or res5 in int8) against the float32 default on the same
-    photos: the quality guard and the time of each.
+    """A reduced-precision setting (bf16 autocast, or res5 in int8), or the perturbed float32 control, against
+    the float32 default on the same photos: the quality guard and the time of each.
 
     Photo by photo, so a long run (bf16 is emulated, tens of times slower, on CPUs without bf16) reports as it goes.
     """
     paths = photos(args.quality_photos + 1)
     base = ExtractorConfig(backbone=args.speed_backbone, device="cpu", min_boxes=36, max_boxes=36)
     state = standin_state(base, paths[0])
-    calibration = calibration_batches(base, args.quality_photos, args.int8_calibration_photos)
-    reduced = {"bf16": Variant("bf16 autocast", {"amp_dtype": "bf16"}),
-               "int8": Variant("res5 int8", {}, int8_res5(calibration))}[args.quality_setting]
+    reduced = {"bf16": lambda: Variant("bf16 autocast", {"amp_dtype": "bf16"}),
+               "int8": lambda: Variant("res5 int8", {}, int8_res5(
+                   calibration_batches(base, args.quality_photos, args.int8_calibration_photos))),
+               "perturbed": lambda: Variant(f"float32, res5 output x (1 + {args.perturbation:g} N(0, 1))", {},
+                                            perturbed_res5(args.perturbation))}[args.quality_setting]()
     chosen = [Variant("float32 (default)", {}), reduced]
     detectors = [build_variant(base, variant, state) for variant in chosen]
     print(f"[quality] {base.backbone} stand-in weights, {base.test_short_side}/{base.test_max_side} px, "
@@ -353,5 +378,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "photo, then photos after the measured ones.")
     parser.add_argument("--quality-photos", type=int, default=2,
                         help="quality: photos compared with float32 (f30k_mini, then Flickr8k).")
-    parser.add_argument("--quality-setting", choices=("bf16", "int8"), default="bf16",
-                        help="quality: the reduced precision compared with float32 (int8: res5 on ONNX Runtime).")
+    parser.add_argument("--quality-setting", choices=("bf16", "int8", "perturbed"), default="bf16",
+                        help="quality: the setting compared with float32 (int8: res5 on ONNX Runtime; perturbed: "
+                             "float32 with seeded relative noise of --perturbation on res5's output, a control).")
+    parser.add_argument("--perturbation", type=float, default=1e-3,
+                        help="quality, perturbed: the relative standard deviation of the noise.")
