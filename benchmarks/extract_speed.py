@@ -270,16 +270,16 @@ def stage_speed(args: argparse.Namespace) -> None:
     state = standin_state(base, paths_all[0])
     paths = paths_all[1:]  # measured on other photos than the one the stand-in was calibrated on
     batches = [collate_images([prepare_image(decode_image(path), base)]) for path in paths]
-    # One untimed call per setting on the calibration photo: one-time costs (oneDNN primitives, ONNX export,
-    # torch.compile) are printed apart, and the rounds time each setting as a shard's later images see it.
     calibration = calibration_batches(base, count, args.int8_calibration_photos)
-    warm_up = calibration[0]
     chosen = variants(args, calibration)
     detectors = [build_variant(base, variant, state) for variant in chosen]
     print(f"[speed] {base.backbone} stand-in weights, {base.test_short_side}/{base.test_max_side} px, "
           f"{base.rpn_post_nms_topk} proposals, {base.max_boxes} boxes, {count} photos, {rounds} round(s), "
           f"{torch.get_num_threads()} torch threads, CPU {torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16: {cpu_has_native_bf16()}", flush=True)
+    # One untimed call per setting on the calibration photo: one-time costs (oneDNN primitives, ONNX export,
+    # torch.compile) are printed apart, and the rounds time each setting as a shard's later images see it.
+    warm_up = calibration[0]
     first_calls = [timed(detector, warm_up, StageClock())[0] for detector in detectors]
     for variant, seconds in zip(chosen, first_calls):
         print(f"  first call (untimed warm-up) {variant.name}: {seconds:.1f} s wall", flush=True)
@@ -328,6 +328,17 @@ def report(chosen: list[Variant], walls: np.ndarray, cpus: np.ndarray, outputs: 
                                                  for name in network_stages))
 
 
+def quality_variant(args: argparse.Namespace, base: ExtractorConfig) -> Variant:
+    """The setting --quality-setting names (int8 calibrates only when chosen)."""
+    if args.quality_setting == "int8":
+        return Variant("res5 int8", {}, int8_res5(
+            calibration_batches(base, args.quality_photos, args.int8_calibration_photos)))
+    if args.quality_setting == "perturbed":
+        return Variant(f"float32, res5 output x (1 + {args.perturbation:g} N(0, 1))", {},
+                       perturbed_res5(args.perturbation))
+    return Variant("bf16 autocast", {"amp_dtype": "bf16"})
+
+
 def stage_quality(args: argparse.Namespace) -> None:
     """A reduced-precision setting (bf16 autocast, or res5 in int8), or the perturbed float32 control, against
     the float32 default on the same photos: the quality guard and the time of each.
@@ -337,11 +348,7 @@ def stage_quality(args: argparse.Namespace) -> None:
     paths = photos(args.quality_photos + 1)
     base = ExtractorConfig(backbone=args.speed_backbone, device="cpu", min_boxes=36, max_boxes=36)
     state = standin_state(base, paths[0])
-    reduced = {"bf16": lambda: Variant("bf16 autocast", {"amp_dtype": "bf16"}),
-               "int8": lambda: Variant("res5 int8", {}, int8_res5(
-                   calibration_batches(base, args.quality_photos, args.int8_calibration_photos))),
-               "perturbed": lambda: Variant(f"float32, res5 output x (1 + {args.perturbation:g} N(0, 1))", {},
-                                            perturbed_res5(args.perturbation))}[args.quality_setting]()
+    reduced = quality_variant(args, base)
     chosen = [Variant("float32 (default)", {}), reduced]
     detectors = [build_variant(base, variant, state) for variant in chosen]
     print(f"[quality] {base.backbone} stand-in weights, {base.test_short_side}/{base.test_max_side} px, "
