@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import onnxruntime
 import torch
 
 from extractors.backbone import ConvNorm, fuse_norms
 from extractors.config import ExtractorConfig
 from extractors.detector import BottomUpDetector, build_detector
 from extractors.images import decode_image
-from extractors.onnx_runtime import cpu_session, export_graph
 from extractors.precision import cpu_has_native_bf16
 from extractors.preprocess import ImageBatch, collate_images, prepare_image
 from extractors.quality import compare_runs
@@ -91,49 +89,6 @@ class _Res5Only(torch.nn.Module):
         return self.stage(x)[0]
 
 
-def int8_res5(calibration: list[ImageBatch]) -> Callable[[BottomUpDetector], BottomUpDetector]:
-    """res5 on ONNX Runtime in int8: static quantization (onnxruntime.quantization; int8 weights per output
-    channel, uint8 activations with MinMax ranges from the proposals of the `calibration` photos, QOperator kernels),
-    the rest as the float32 default. Not an option of the extractor: see README, "Extraction speed"."""
-
-    def prepare(detector: BottomUpDetector) -> BottomUpDetector:
-        started = time.perf_counter()
-        fuse_norms(detector)
-        recorder = _InputRecorder(detector.roi_heads.res5)
-        detector.roi_heads.res5 = recorder
-        for batch in calibration:
-            detector(batch)
-        session = quantized_res5(recorder.stage, recorder.inputs)
-        detector.roi_heads.res5 = _OnnxStage(session)
-        print(f"  res5 int8: calibrated on {sum(len(x) for x in recorder.inputs)} proposals and quantized in "
-              f"{time.perf_counter() - started:.1f} s", flush=True)
-        return detector
-
-    return prepare
-
-
-def quantized_res5(stage: torch.nn.Module, inputs: list[np.ndarray]) -> onnxruntime.InferenceSession:
-    """`stage` exported to ONNX, quantized to int8 with ranges from `inputs`, as a CPU session."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Inputs(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.left = iter(inputs)
-
-        def get_next(self) -> dict | None:
-            return next(({"x": array} for array in self.left), None)
-
-    example = torch.from_numpy(inputs[0][:2])
-    with tempfile.TemporaryDirectory() as folder:
-        plain, prepared, quantized = (Path(folder) / name for name in ("res5.onnx", "prepared.onnx", "int8.onnx"))
-        plain.write_bytes(export_graph(_Res5Only(stage), example, {0: "n"}))
-        quant_pre_process(plain, prepared, skip_symbolic_shape=True)
-        quantize_static(prepared, quantized, Inputs(), quant_format=QuantFormat.QOperator, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        return cpu_session(quantized.read_bytes(), torch.get_num_threads())
-
-
 def perturbed_res5(scale: float) -> Callable[[BottomUpDetector], BottomUpDetector]:
     """The float32 default with every res5 output multiplied by (1 + scale * N(0, 1)), seeded: a control that
     shows how many selected boxes a change of a known, tiny size re-ranks on these weights."""
@@ -157,28 +112,6 @@ class _Perturbed(torch.nn.Module):
         return out * (1 + self.scale * torch.randn(out.shape, generator=self.noise)), out_sizes
 
 
-class _InputRecorder(torch.nn.Module):
-    """A stage that keeps a copy of what it is given (calibration inputs)."""
-
-    def __init__(self, stage: torch.nn.Module) -> None:
-        super().__init__()
-        self.stage = stage
-        self.inputs: list[np.ndarray] = []
-
-    def forward(self, x: torch.Tensor, sizes=None):
-        self.inputs.append(x.float().numpy().copy())
-        return self.stage(x, sizes)
-
-
-class _OnnxStage(torch.nn.Module):
-    def __init__(self, session: onnxruntime.InferenceSession) -> None:
-        super().__init__()
-        self.session = session
-
-    def forward(self, x: torch.Tensor, sizes=None) -> tuple[torch.Tensor, None]:
-        return torch.from_numpy(self.session.run(None, {"x": x.float().contiguous().numpy()})[0]), None
-
-
 class _OpenVINOStage(torch.nn.Module):
     def __init__(self, compiled) -> None:
         super().__init__()
@@ -188,7 +121,7 @@ class _OpenVINOStage(torch.nn.Module):
         return torch.from_numpy(self.request.infer({0: x.numpy()})[0].copy()), None
 
 
-def variants(args: argparse.Namespace, calibration: list[ImageBatch]) -> list[Variant]:
+def variants(args: argparse.Namespace, calibration: Path) -> list[Variant]:
     chosen = [Variant("float32 before issue 16 (norms as passes, 300 proposals at once)",
                       {"roi_batch_size": ALL_AT_ONCE}, unfused),
               Variant("float32, norms folded, 300 at once", {"roi_batch_size": ALL_AT_ONCE}),
@@ -202,7 +135,7 @@ def variants(args: argparse.Namespace, calibration: list[ImageBatch]) -> list[Va
     if args.openvino:
         chosen.append(Variant("float32 default, res5 on OpenVINO", {}, openvino_res5))
     if args.int8:
-        chosen.append(Variant("res5 int8 on ONNX Runtime, the rest float32 default", {}, int8_res5(calibration)))
+        chosen.append(Variant("int8 res5 on ONNX Runtime (--int8-calibration)", int8_overrides(calibration)))
     return chosen
 
 
@@ -215,10 +148,19 @@ def photos(count: int, folders: tuple[Path, ...] = PHOTO_DIRS) -> list[Path]:
     return paths
 
 
-def calibration_batches(base: ExtractorConfig, measured: int, count: int) -> list[ImageBatch]:
-    """int8 calibration photos: the stand-in's calibration photo, then `count - 1` after the `measured` ones."""
+def calibration_folder(folder: Path, measured: int, count: int) -> Path:
+    """int8 calibration photos, linked into `folder`: the stand-in's calibration photo, then `count - 1` after the
+    `measured` ones (never a measured photo)."""
     chosen = photos(measured + count)
-    return [collate_images([prepare_image(decode_image(path), base)]) for path in [chosen[0], *chosen[measured + 1:]]]
+    for path in [chosen[0], *chosen[measured + 1:]]:
+        (folder / path.name).symlink_to(path.resolve())
+    return folder
+
+
+def int8_overrides(calibration: Path) -> dict:
+    """The extractor's int8 option: res5 in int8 on ONNX Runtime (the body float32 there), calibrated on the
+    photos of `calibration` when the detector first runs."""
+    return {"runtime": "onnxruntime", "int8_calibration": str(calibration)}
 
 
 def standin_state(config: ExtractorConfig, photo: Path) -> dict[str, torch.Tensor]:
@@ -264,22 +206,27 @@ def decode_and_write(config: ExtractorConfig, paths: list[Path], outputs: list, 
 
 
 def stage_speed(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="int8-calibration-") as folder:
+        measure_speed(args, Path(folder))
+
+
+def measure_speed(args: argparse.Namespace, calibration_dir: Path) -> None:
     count, rounds = (1, 1) if args.quick else (args.photos, args.rounds)
     paths_all = photos(count + 1)
     base = ExtractorConfig(backbone=args.speed_backbone, device="cpu", min_boxes=36, max_boxes=36)
     state = standin_state(base, paths_all[0])
     paths = paths_all[1:]  # measured on other photos than the one the stand-in was calibrated on
     batches = [collate_images([prepare_image(decode_image(path), base)]) for path in paths]
-    calibration = calibration_batches(base, count, args.int8_calibration_photos)
-    chosen = variants(args, calibration)
+    chosen = variants(args, calibration_folder(calibration_dir, count, args.int8_calibration_photos))
     detectors = [build_variant(base, variant, state) for variant in chosen]
     print(f"[speed] {base.backbone} stand-in weights, {base.test_short_side}/{base.test_max_side} px, "
           f"{base.rpn_post_nms_topk} proposals, {base.max_boxes} boxes, {count} photos, {rounds} round(s), "
           f"{torch.get_num_threads()} torch threads, CPU {torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16: {cpu_has_native_bf16()}", flush=True)
-    # One untimed call per setting on the calibration photo: one-time costs (oneDNN primitives, ONNX export,
-    # torch.compile) are printed apart, and the rounds time each setting as a shard's later images see it.
-    warm_up = calibration[0]
+    # One untimed call per setting on the stand-in's calibration photo: one-time costs (oneDNN primitives, ONNX
+    # export, int8 calibration, torch.compile) are printed apart, and the rounds time each setting as a shard's later
+    # images see it.
+    warm_up = collate_images([prepare_image(decode_image(paths_all[0]), base)])
     first_calls = [timed(detector, warm_up, StageClock())[0] for detector in detectors]
     for variant, seconds in zip(chosen, first_calls):
         print(f"  first call (untimed warm-up) {variant.name}: {seconds:.1f} s wall", flush=True)
@@ -328,11 +275,11 @@ def report(chosen: list[Variant], walls: np.ndarray, cpus: np.ndarray, outputs: 
                                                  for name in network_stages))
 
 
-def quality_variant(args: argparse.Namespace, base: ExtractorConfig) -> Variant:
+def quality_variant(args: argparse.Namespace, calibration_dir: Path) -> Variant:
     """The setting --quality-setting names (int8 calibrates only when chosen)."""
     if args.quality_setting == "int8":
-        return Variant("res5 int8", {}, int8_res5(
-            calibration_batches(base, args.quality_photos, args.int8_calibration_photos)))
+        return Variant("int8 res5", int8_overrides(
+            calibration_folder(calibration_dir, args.quality_photos, args.int8_calibration_photos)))
     if args.quality_setting == "perturbed":
         return Variant(f"float32, res5 output x (1 + {args.perturbation:g} N(0, 1))", {},
                        perturbed_res5(args.perturbation))
@@ -345,10 +292,15 @@ def stage_quality(args: argparse.Namespace) -> None:
 
     Photo by photo, so a long run (bf16 is emulated, tens of times slower, on CPUs without bf16) reports as it goes.
     """
+    with tempfile.TemporaryDirectory(prefix="int8-calibration-") as folder:
+        measure_quality(args, Path(folder))
+
+
+def measure_quality(args: argparse.Namespace, calibration_dir: Path) -> None:
     paths = photos(args.quality_photos + 1)
     base = ExtractorConfig(backbone=args.speed_backbone, device="cpu", min_boxes=36, max_boxes=36)
     state = standin_state(base, paths[0])
-    reduced = quality_variant(args, base)
+    reduced = quality_variant(args, calibration_dir)
     chosen = [Variant("float32 (default)", {}), reduced]
     detectors = [build_variant(base, variant, state) for variant in chosen]
     print(f"[quality] {base.backbone} stand-in weights, {base.test_short_side}/{base.test_max_side} px, "
@@ -378,8 +330,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--openvino", action="store_true",
                         help="speed: add the res5 head on OpenVINO (pip install openvino).")
     parser.add_argument("--int8", action="store_true",
-                        help="speed: add res5 in int8 on ONNX Runtime (static quantization, calibrated on the "
-                             "stand-in's calibration photo and --int8-calibration-photos - 1 more).")
+                        help="speed: add the extractor's int8 option (res5 in int8 on ONNX Runtime, calibrated on "
+                             "the stand-in's calibration photo and --int8-calibration-photos - 1 more).")
     parser.add_argument("--int8-calibration-photos", type=int, default=1,
                         help="int8: photos whose proposals set the activation ranges: the stand-in's calibration "
                              "photo, then photos after the measured ones.")

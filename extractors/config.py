@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from extractors.calibration import calibration_digest
 from extractors.precision import resolve_amp_dtype
 from pipeline.devices import resolve_device
 
@@ -16,8 +17,9 @@ WEIGHT_FORMATS = ("auto", "airsplay", "milvlg")
 # How the detector is fetched and run, not what it computes: left out of a store's identity, so the same
 # weights by another path, or another batch size or device, extend the same store.
 # batch_size and roi_batch_size only split the work, and runtime only picks whose float32 kernels run it: the same
-# regions, features equal to float32 rounding (tested).
-RUNTIME_FIELDS = ("weights", "weights_sha256", "cache_dir", "batch_size", "roi_batch_size", "device", "runtime")
+# regions, features equal to float32 rounding (tested). int8 calibration photos count by content instead (below).
+RUNTIME_FIELDS = ("weights", "weights_sha256", "cache_dir", "batch_size", "roi_batch_size", "device", "runtime",
+                  "int8_calibration")
 # How proposals, boxes and regions are computed around the same network (see README, "Recipes"):
 # caffe = bottom-up-attention's generate_tsv.py (and MILVLG); airsplay = py-bottom-up-attention's
 # detectron2 pipeline (demo/detectron2_mscoco_proposal_maxnms.py, attributes as in its attr demo).
@@ -128,6 +130,11 @@ class ExtractorConfig:
         "help": "Kernels of the ResNet body and res5: torch | onnxruntime (CPU, float32: faster than PyTorch's on "
                 "the AVX2 CPU measured; exported from the weights when the detector first runs). The same regions, "
                 "features equal to float32 rounding.", "choices": RUNTIMES})
+    int8_calibration: str = field(default="", metadata={
+        "help": "res5 in int8 (runtime=onnxruntime only): a folder of calibration photos from the images to "
+                "extract, whose proposals set each activation's int8 range; empty = float32. The fastest CPU "
+                "setting measured, but below the box guard on stand-in weights (README, 'Extraction speed'). "
+                "The store records the photos by content."})
     seed: int = field(default=0, metadata={"help": "Seed of the random init used when no weights are given."})
 
     def __post_init__(self) -> None:
@@ -154,6 +161,9 @@ class ExtractorConfig:
                 raise ValueError(f"runtime='onnxruntime' runs in float32, not amp_dtype={self.amp_dtype!r}; "
                                  "use amp_dtype='' (or auto), or runtime=torch for reduced precision")
             object.__setattr__(self, "amp_dtype", "")  # auto: the one precision this runtime computes
+        elif self.int8_calibration:
+            raise ValueError(f"int8_calibration={self.int8_calibration!r} quantizes res5 for ONNX Runtime; add "
+                             f"runtime='onnxruntime' (CPU), or leave it empty with runtime={self.runtime!r}")
         object.__setattr__(self, "amp_dtype", resolve_amp_dtype(self.amp_dtype, device))
         if not 1 <= self.min_boxes <= self.max_boxes:
             raise ValueError(f"min_boxes={self.min_boxes}, max_boxes={self.max_boxes}; "
@@ -170,5 +180,9 @@ class ExtractorConfig:
         return PRESETS[self.backbone]
 
     def feature_settings(self) -> dict[str, object]:
-        """The settings that decide the features (weights count by their sha256, recorded beside these)."""
-        return {name: value for name, value in dataclasses.asdict(self).items() if name not in RUNTIME_FIELDS}
+        """The settings that decide the features (weights count by their sha256, recorded beside these;
+        int8 calibration photos by their digest, a key float32 stores do not have)."""
+        settings = {name: value for name, value in dataclasses.asdict(self).items() if name not in RUNTIME_FIELDS}
+        if self.int8_calibration:
+            settings["int8_calibration_sha256"] = calibration_digest(self.int8_calibration)
+        return settings

@@ -4,6 +4,8 @@
 store records (boxes in original-image pixels, pooled res5 features, class and attribute).
 `config.recipe` picks how proposals and regions are computed around the same network
 (rpn.py, regions.py); the attribute head exists only when the weights have one.
+`config.int8_calibration` runs res5 in int8 on ONNX Runtime, calibrated on those photos' proposals
+when the detector first runs (extractors.onnx_runtime).
 """
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ import torch
 from torch import nn
 
 from extractors.backbone import ResNetC4, fuse_norms
+from extractors.calibration import calibration_photos
 from extractors.config import ExtractorConfig
+from extractors.images import decode_image
 from extractors.onnx_runtime import OnnxParts
 from extractors.precision import autocast
-from extractors.preprocess import ImageBatch
+from extractors.preprocess import ImageBatch, collate_images, prepare_image
 from extractors.regions import REGION_RULES, DetectorOutput, ImageRegions, describe
 from extractors.roi_heads import RegionPredictions, Res5ROIHeads
 from extractors.rpn import ProposalSettings, RegionProposalNetwork
@@ -41,6 +45,7 @@ class BottomUpDetector(nn.Module):
         self.proposal_generator = RegionProposalNetwork(self.backbone.out_channels, spec, settings, config.recipe)
         self.roi_heads = Res5ROIHeads(spec, with_attributes, config.roi_batch_size)
         self._onnx: OnnxParts | None = None  # made at the first forward with runtime=onnxruntime
+        self._res5_int8: bytes | None = None  # res5 quantized from the current weights (int8_calibration)
         self.register_load_state_dict_post_hook(_drop_onnx_parts)
 
     @property
@@ -82,11 +87,34 @@ class BottomUpDetector(nn.Module):
             return [self._given(regions, boxes) for regions, boxes in zip(per_image, given_boxes)]
 
     def _onnx_parts(self) -> OnnxParts:
-        """The ONNX Runtime sessions for the current weights and thread count, exported on first use."""
+        """The ONNX Runtime sessions for the current weights and thread count, exported on first use
+        (and res5 calibrated and quantized, once per weights, with int8 calibration photos)."""
         threads = torch.get_num_threads()
         if self._onnx is None or self._onnx.threads != threads:
-            self._onnx = OnnxParts(self.backbone, self.roi_heads, threads)
+            self._onnx = OnnxParts(self.backbone, self.roi_heads, threads, res5_graph=self._res5_int8)
+            if self.config.int8_calibration and self._res5_int8 is None:
+                self._res5_int8 = self._onnx.quantize_res5(self._calibration_inputs(self._onnx))
         return self._onnx
+
+    def _calibration_inputs(self, onnx: OnnxParts) -> Iterator[np.ndarray]:
+        """res5's inputs for the RPN's proposals of each calibration photo, pass by pass, photo by photo.
+
+        Only the inputs matter here, so res5 itself is not run; the calibrator runs it in float32.
+        """
+        dim = self.config.spec.feature_dim
+        for path in calibration_photos(self.config.int8_calibration):
+            batch = collate_images([prepare_image(decode_image(path), self.config)])
+            passes: list[np.ndarray] = []
+
+            def record(pooled_rois: torch.Tensor) -> torch.Tensor:
+                passes.append(pooled_rois.numpy().copy())
+                return pooled_rois.new_zeros((len(pooled_rois), dim))
+
+            with torch.inference_mode():
+                features, feature_sizes = onnx.body(batch.images, batch.image_sizes)
+                rois = self.proposal_generator(features, feature_sizes, batch.image_sizes, batch.scales)
+                self.roi_heads.pooled_features(features, rois, res5_mean=record)
+            yield from passes
 
     def _scaled_boxes(self, boxes: np.ndarray, box_scale: tuple[float, float]) -> torch.Tensor:
         array = np.asarray(boxes, dtype=np.float32)
@@ -106,9 +134,10 @@ class BottomUpDetector(nn.Module):
 
 
 def _drop_onnx_parts(module: BottomUpDetector, incompatible_keys: object) -> None:
-    """New weights: sessions exported from the old ones must not run again."""
+    """New weights: sessions exported (or quantized) from the old ones must not run again."""
     del incompatible_keys
     module._onnx = None
+    module._res5_int8 = None
 
 
 def _split(rois: list[torch.Tensor], predictions: RegionPredictions, batch: ImageBatch) -> list[ImageRegions]:

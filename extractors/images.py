@@ -20,6 +20,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import InputError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+"""File names that count as images when a folder is listed."""
 DEFAULT_MAX_PIXELS = 89_478_485
 """Pillow's own default bomb threshold (~ 0.25 GiB of RGBA); far above any real dataset photo."""
 

@@ -15,11 +15,10 @@ import cv2
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from extractors.images import DEFAULT_MAX_PIXELS, BadImageError, decode_image
+from extractors.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, BadImageError, decode_image
 from extractors.preprocess import collate_images, prepare_image
 from pipeline.errors import InputError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 class ImageFile(NamedTuple):

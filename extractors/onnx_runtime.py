@@ -7,16 +7,26 @@ detector's current weights (norms folded) into memory when it first runs, never 
 session cannot outlive the weights it was made from (the detector drops it when weights are loaded).
 The body runs image by image at each image's own size, which gives what the padded batch gives
 (backbone.py zeroes padding before every conv), zero-padded to the batch's feature size.
+
+With int8 calibration photos (ExtractorConfig.int8_calibration) res5 is quantized statically by
+onnxruntime.quantization: int8 weights per output channel, uint8 activations whose ranges are the
+minimum and maximum over the calibration photos' pooled proposals, run by the quantized CPU kernels.
 """
 from __future__ import annotations
 
 import io
 import logging
+import tempfile
 import time
 import warnings
+from pathlib import Path
+from typing import Iterable, Optional
 
+import numpy as np
 import onnxruntime
 import torch
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from extractors.backbone import ResNetC4, Sizes
@@ -75,20 +85,56 @@ def cpu_session(model: bytes, threads: int) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-class OnnxParts:
-    """ONNX Runtime sessions for the body and res5 of one detector, on `threads` intra-op threads."""
+class _PooledProposals(CalibrationDataReader):
+    """The calibration inputs of res5, one pass at a time, so only one photo's proposals are in memory."""
 
-    def __init__(self, body: ResNetC4, heads: Res5ROIHeads, threads: int) -> None:
+    def __init__(self, pooled: Iterable[np.ndarray]) -> None:
+        self._left = iter(pooled)
+
+    def get_next(self) -> Optional[dict[str, np.ndarray]]:
+        return next(({"x": array} for array in self._left), None)
+
+
+def quantize_graph(graph: bytes, calibration: Iterable[np.ndarray]) -> bytes:
+    """A float32 graph of one input `x` in int8 (QOperator kernels, int8 weights per output channel, uint8
+    activations with MinMax ranges over the `calibration` inputs). onnxruntime.quantization works on files,
+    so the graph passes through a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="int8-") as folder:
+        plain, prepared, quantized = (Path(folder) / name for name in ("float.onnx", "prepared.onnx", "int8.onnx"))
+        plain.write_bytes(graph)
+        quant_pre_process(plain, prepared, skip_symbolic_shape=True)
+        quantize_static(prepared, quantized, _PooledProposals(calibration), quant_format=QuantFormat.QOperator,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return quantized.read_bytes()
+
+
+class OnnxParts:
+    """ONNX Runtime sessions for the body and res5 of one detector, on `threads` intra-op threads.
+
+    `res5_graph`: res5 as made earlier by `quantize_res5` (int8); default: exported in float32 from `heads`.
+    """
+
+    def __init__(self, body: ResNetC4, heads: Res5ROIHeads, threads: int, res5_graph: Optional[bytes] = None) -> None:
         started = time.perf_counter()
         self.threads = threads
         self._body = body
         channels, resolution = body.out_channels, heads.pooler_resolution
         body_graph = export_graph(_BodyGraph(body), torch.zeros(1, 3, 64, 64), {2: "h", 3: "w"})
-        res5_graph = export_graph(_Res5MeanGraph(heads), torch.zeros(2, channels, resolution, resolution), {0: "n"})
+        self._res5_graph = res5_graph or export_graph(
+            _Res5MeanGraph(heads), torch.zeros(2, channels, resolution, resolution), {0: "n"})
         self._body_session = cpu_session(body_graph, threads)
-        self._res5_session = cpu_session(res5_graph, threads)
+        self._res5_session = cpu_session(self._res5_graph, threads)
         log.info("body and res5 exported to ONNX Runtime %s in %.1f s (%d threads)", onnxruntime.__version__,
                  time.perf_counter() - started, threads)
+
+    def quantize_res5(self, calibration: Iterable[np.ndarray]) -> bytes:
+        """Run res5 in int8 from now on, with ranges from `calibration` (pooled proposals (n, C4, P, P));
+        returns the int8 graph, for sessions on other thread counts."""
+        started = time.perf_counter()
+        self._res5_graph = quantize_graph(self._res5_graph, calibration)
+        self._res5_session = cpu_session(self._res5_graph, self.threads)
+        log.info("res5 calibrated and quantized to int8 in %.1f s", time.perf_counter() - started)
+        return self._res5_graph
 
     def body(self, images: torch.Tensor, image_sizes: Sizes) -> tuple[torch.Tensor, Sizes]:
         """What ResNetC4.forward returns for this zero-padded batch: res4 features (padding zero) and valid sizes."""

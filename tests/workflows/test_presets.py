@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 from extractors.__main__ import build_parser, extraction_configs
+from extractors.calibration import calibration_digest
 from extractors.config import PRESETS
 from pipeline.config import DATASET_NAMES
 from workflows import FeatureStore
@@ -55,3 +57,18 @@ def test_precision_is_part_of_the_store_key_and_the_res5_batch_and_runtime_are_n
     fp32 = FeatureStore(dataset="f30k", extractor_device="cpu").extractor_config()
     assert bf16.feature_settings() != fp32.feature_settings()
     assert bf16.feature_settings() == dict(fp32.feature_settings(), amp_dtype="bf16")
+
+
+def test_int8_calibration_photos_count_by_content_from_the_cli_and_the_workflow(tmp_path) -> None:
+    """The folder is a runtime detail (not significant); the photos' digest is in the store key of both."""
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    Image.new("RGB", (32, 24), (200, 30, 90)).save(folder / "photo.png")
+    params = dict(FeatureStore.get_params())
+    assert not params["extractor_int8_calibration"].significant
+    args = build_parser().parse_args(["extract", "--dataset", "f30k", "--store", "unused", "--runtime", "onnxruntime",
+                                      "--device", "cpu", "--int8-calibration", str(folder)])
+    task = FeatureStore(dataset="f30k", extractor_runtime="onnxruntime", extractor_device="cpu",
+                        extractor_int8_calibration=str(folder))
+    assert extraction_configs(args)[0] == task.extractor_config()
+    assert task.extractor_config().feature_settings()["int8_calibration_sha256"] == calibration_digest(folder)
