@@ -1,13 +1,14 @@
-"""The downstream check of reduced-precision extraction: the demo trained on float32 and on bf16 features.
+"""The downstream check of reduced-precision extraction: the demo trained on float32 and on bf16 or int8 features.
 
-Two workspaces of the same demo, one extracted as usual and one with ``--extractor-amp-dtype bf16``:
+Two workspaces of the same demo, one extracted as usual and one in reduced precision:
 
     luigi --module workflows TrainSCAN --dataset demo --local-scheduler                       # SCAN_WORKSPACE=A
     luigi --module workflows TrainSCAN --dataset demo --extractor-amp-dtype bf16 --local-scheduler   # =B
+    #   or: ... --extractor-runtime onnxruntime --extractor-int8-calibration DIR   (res5 in int8)
     .venv/bin/python benchmarks/demo_precision.py A B
 
-prints, over every image of the two feature stores, the boxes of the float32 run matched one to one at
-IoU >= 0.9 by the bf16 run and the matched regions' feature cosine (extractors.quality), then both
+prints, over every image of the two feature stores, the boxes of the reference run matched one to one at
+IoU >= 0.9 by the other run and the matched regions' feature cosine (extractors.quality), then both
 workspaces' test recall tables (EvaluateSCAN's results.json) side by side, for every evaluation mode.
 """
 from __future__ import annotations
@@ -39,7 +40,14 @@ def store_agreement(reference: Path, other: Path) -> dict:
     agreement = compare_runs([ref.get(i) for i in ids], [out.get(i) for i in ids])
     return {"images": len(ids), "boxes": agreement.boxes, "matched_pct": round(100 * agreement.matched_fraction, 2),
             "cosine_mean": round(agreement.mean_cosine, 5), "cosine_min": round(agreement.min_cosine, 5),
-            "amp_dtype": [reader.info.extractor.get("amp_dtype") or "float32" for reader in (ref, out)]}
+            "precision": [precision(reader.info.extractor) for reader in (ref, out)]}
+
+
+def precision(extractor: dict) -> str:
+    """How a store's features were computed: float32, bf16 / fp16 autocast, or res5 in int8."""
+    if extractor.get("int8_calibration_sha256"):
+        return "int8 res5"
+    return extractor.get("amp_dtype") or "float32"
 
 
 def recall_rows(workspace: Path) -> dict:
@@ -50,13 +58,14 @@ def recall_rows(workspace: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("float32_workspace", type=Path)
-    parser.add_argument("bf16_workspace", type=Path)
+    parser.add_argument("reference_workspace", type=Path, help="the demo extracted in float32")
+    parser.add_argument("other_workspace", type=Path, help="the same demo extracted in bf16 or int8")
     args = parser.parse_args()
-    stores = [one(w, "FeatureStore/demo-*/store") for w in (args.float32_workspace, args.bf16_workspace)]
-    print(json.dumps({"features": store_agreement(*stores),
-                      "float32": recall_rows(args.float32_workspace),
-                      "bf16": recall_rows(args.bf16_workspace)}, indent=1))
+    workspaces = (args.reference_workspace, args.other_workspace)
+    features = store_agreement(*(one(w, "FeatureStore/demo-*/store") for w in workspaces))
+    print(json.dumps({"features": features} | {f"{role} ({name})": recall_rows(workspace) for role, name, workspace
+                                                 in zip(("reference", "other"), features["precision"], workspaces)},
+                     indent=1))
 
 
 if __name__ == "__main__":
