@@ -9,7 +9,8 @@ Stages (add one by writing `stage_<name>(args)` and listing it in STAGES):
   speed      R101-C4-VG at 600/1000 px, 300 proposals, 36 boxes: today's float32 path against each faster
              setting on the same photos (interleaved, ratios per round), the quality of each against float32
              (boxes matched at IoU >= 0.9, feature cosine), and the per-stage time (benchmarks/extract_speed.py);
-             ONNX Runtime (body + res5) is one of the settings; --int8 adds res5 in int8 (measured, not offered).
+             ONNX Runtime (body + res5) is one of the settings; --int8 adds the opt-in res5 in int8
+             (--int8-calibration).
   quality    bf16 autocast (or, --quality-setting int8, res5 in int8; perturbed, float32 with seeded relative
              noise on res5's output, a control of how fragile the selection is) against the float32 default,
              R101-C4-VG at the standard size on real photos (stand-in weights): boxes matched at IoU >= 0.9 and

@@ -20,7 +20,6 @@ from extractors.preprocess import collate_images, prepare_image
 from pipeline.errors import InputError
 
 
-
 class ImageFile(NamedTuple):
     """One image to extract: its id, absolute path, and path relative to the dataset root.
 

@@ -63,7 +63,7 @@ class _Res5MeanGraph(nn.Module):
         return res5_spatial_mean(self.res5, pooled_rois)
 
 
-def export_graph(graph: nn.Module, example: torch.Tensor, dynamic_axes: dict[int, str]) -> bytes:
+def _export(graph: nn.Module, example: torch.Tensor, dynamic_axes: dict[int, str]) -> bytes:
     """The graph as ONNX bytes, by the TorchScript exporter: torch.export (dynamo=True) cannot express the
     stem's ceil-mode pool over a symbolic image size (tried with the pinned torch 2.14.1), so the exporter
     PyTorch now calls legacy is the one that exports this graph with dynamic height and width."""
@@ -75,7 +75,7 @@ def export_graph(graph: nn.Module, example: torch.Tensor, dynamic_axes: dict[int
     return buffer.getvalue()
 
 
-def cpu_session(model: bytes, threads: int) -> onnxruntime.InferenceSession:
+def _session(model: bytes, threads: int) -> onnxruntime.InferenceSession:
     """A session on ONNX Runtime's CPU kernels, all graph optimisations, `threads` intra-op threads and no
     inter-op pool (the graphs are one chain of convolutions)."""
     options = onnxruntime.SessionOptions()
@@ -95,7 +95,7 @@ class _PooledProposals(CalibrationDataReader):
         return next(({"x": array} for array in self._left), None)
 
 
-def quantize_graph(graph: bytes, calibration: Iterable[np.ndarray]) -> bytes:
+def _quantize(graph: bytes, calibration: Iterable[np.ndarray]) -> bytes:
     """A float32 graph of one input `x` in int8 (QOperator kernels, int8 weights per output channel, uint8
     activations with MinMax ranges over the `calibration` inputs). onnxruntime.quantization works on files,
     so the graph passes through a temporary folder."""
@@ -119,11 +119,11 @@ class OnnxParts:
         self.threads = threads
         self._body = body
         channels, resolution = body.out_channels, heads.pooler_resolution
-        body_graph = export_graph(_BodyGraph(body), torch.zeros(1, 3, 64, 64), {2: "h", 3: "w"})
-        self._res5_graph = res5_graph or export_graph(
+        body_graph = _export(_BodyGraph(body), torch.zeros(1, 3, 64, 64), {2: "h", 3: "w"})
+        self._res5_graph = res5_graph or _export(
             _Res5MeanGraph(heads), torch.zeros(2, channels, resolution, resolution), {0: "n"})
-        self._body_session = cpu_session(body_graph, threads)
-        self._res5_session = cpu_session(self._res5_graph, threads)
+        self._body_session = _session(body_graph, threads)
+        self._res5_session = _session(self._res5_graph, threads)
         log.info("body and res5 exported to ONNX Runtime %s in %.1f s (%d threads)", onnxruntime.__version__,
                  time.perf_counter() - started, threads)
 
@@ -131,8 +131,8 @@ class OnnxParts:
         """Run res5 in int8 from now on, with ranges from `calibration` (pooled proposals (n, C4, P, P));
         returns the int8 graph, for sessions on other thread counts."""
         started = time.perf_counter()
-        self._res5_graph = quantize_graph(self._res5_graph, calibration)
-        self._res5_session = cpu_session(self._res5_graph, self.threads)
+        self._res5_graph = _quantize(self._res5_graph, calibration)
+        self._res5_session = _session(self._res5_graph, self.threads)
         log.info("res5 calibrated and quantized to int8 in %.1f s", time.perf_counter() - started)
         return self._res5_graph
 
